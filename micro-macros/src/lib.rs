@@ -1,0 +1,69 @@
+//! Procedural macros of the micro service framework, used through the `micro`
+//! crate: `#[micro::service]`, `#[micro::handler]`, `#[micro::message]` and
+//! `#[micro::main]`.
+//!
+//! This file holds only the entry points; each macro lives in its own module
+//! with a `parse` (syn → model), `validate` and `expand` step. Generated code
+//! names only `::micro::__private::…` and `::core::…`.
+
+mod attrs;
+mod client;
+mod diag;
+mod handler;
+mod main_fn;
+mod message;
+mod model;
+mod naming;
+mod routes;
+mod rules;
+mod service;
+
+use proc_macro::TokenStream;
+
+/// Declares a service: a trait whose `async fn`s are remote endpoints.
+///
+/// ```ignore
+/// #[micro::service(name = "greeter", version = "1.0.0")]
+/// pub trait Greeter {
+///     /// Says hello.
+///     async fn hello(&self, name: String) -> micro::Result<String>;
+///     #[micro(name = "Hi")]
+///     async fn say_hi(&self) -> micro::Result<()>;
+/// }
+/// ```
+///
+/// Both arguments are optional: the name defaults to the trait name in lower
+/// case, the version to `latest`. Endpoints are named `Greeter.Hello`
+/// (`<Trait>.<MethodInUpperCamelCase>`) unless `#[micro(name = "..")]` says
+/// otherwise. Besides the trait (now `Send + Sync + 'static`, with `Send`
+/// futures) this generates `GreeterClient`, a typed client with one method
+/// per endpoint. Implement the trait with plain `async fn`s and mark the impl
+/// with `#[micro::handler]`.
+#[proc_macro_attribute]
+pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
+    service::service(attr.into(), item.into()).into()
+}
+
+/// Makes an impl block servable.
+///
+/// On `impl Greeter for MyGreeter` it serves the routes of the `#[service]`
+/// trait. On an inherent impl (`impl Counter { .. }`, optionally with
+/// `#[handler(name = "..", version = "..")]`) every `pub async fn` taking
+/// `&self` is an endpoint `Counter.<Method>`, and a `CounterClient` is generated.
+#[proc_macro_attribute]
+pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    handler::handler(attr.into(), item.into()).into()
+}
+
+/// Makes a struct or enum a message: serde's `Serialize` and `Deserialize`,
+/// without a serde dependency of your own.
+#[proc_macro_attribute]
+pub fn message(attr: TokenStream, item: TokenStream) -> TokenStream {
+    message::message(attr.into(), item.into()).into()
+}
+
+/// Runs `async fn main` on tokio's multi-threaded runtime.
+#[proc_macro_attribute]
+pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+    main_fn::main(attr.into(), item.into()).into()
+}

@@ -1,0 +1,223 @@
+//! One multiplexed client connection to a node.
+
+use crate::error::Error;
+use crate::transport::frame::{self, flags, Kind, RequestHeadRef, PREFACE};
+use crate::transport::{spawn_writer, FrameReader, FrameSender, ReadError};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How a call on a connection failed without an answer from the handler.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The connection broke (or was never usable) before a reply came. The
+    /// request may or may not have run; the client retries it elsewhere.
+    Lost(String),
+    /// The server refused the request before doing any work (draining).
+    Refused(Error),
+    /// The deadline passed.
+    Timeout,
+}
+
+type Reply = Result<Bytes, Error>;
+type Pending = HashMap<u32, oneshot::Sender<Result<Reply, CallError>>>;
+
+/// A connection shared by every call to one address.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: FrameSender,
+    pending: Mutex<Pending>,
+    next_id: AtomicU32,
+    /// Set when the connection broke or the server said go-away: no new calls.
+    closed: AtomicBool,
+    max_frame: usize,
+}
+
+impl Connection {
+    /// Dials `addr`, sends the preface and starts the reader and writer tasks.
+    pub(crate) async fn connect(
+        addr: &str,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Self, CallError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| CallError::Lost(format!("connect to {addr} timed out")))?
+            .map_err(|e| CallError::Lost(format!("connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (r, mut w) = stream.into_split();
+        w.write_all(PREFACE)
+            .await
+            .map_err(|e| CallError::Lost(format!("write to {addr}: {e}")))?;
+        let (tx, _writer) = spawn_writer(w);
+        let inner = Arc::new(Inner {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            closed: AtomicBool::new(false),
+            max_frame,
+        });
+        tokio::spawn(read_loop(
+            Arc::clone(&inner),
+            FrameReader::new(r, max_frame),
+            addr.to_owned(),
+        ));
+        Ok(Self { inner })
+    }
+
+    /// Whether new calls may use this connection.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Makes one unary call: sends the request and waits for its reply until `deadline`.
+    pub(crate) async fn call(
+        &self,
+        head: RequestHeadRef<'_>,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let inner = &self.inner;
+        let mut request = frame::request(0, flags::END_STREAM, head, body);
+        if request.len() - frame::HEADER_LEN > inner.max_frame {
+            return Ok(Err(Error::payload_too_large(
+                "micro.client",
+                format!(
+                    "request of {} bytes exceeds the frame limit of {} bytes",
+                    request.len(),
+                    inner.max_frame
+                ),
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            // Ids are taken and frames queued under one lock, so they reach the
+            // server in increasing order, as the protocol requires.
+            let mut pending = inner.pending.lock().unwrap();
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(CallError::Lost("connection closed".into()));
+            }
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            if id >= u32::MAX - 1 {
+                // Ids exhausted: this connection takes no further calls; the pool dials a new one.
+                inner.closed.store(true, Ordering::Release);
+            }
+            frame::set_stream(&mut request, id);
+            if inner.tx.send(request).is_err() {
+                return Err(CallError::Lost("connection closed".into()));
+            }
+            pending.insert(id, tx);
+            id
+        };
+        // From here on, dropping this future (the caller gave up) cancels the call on the server.
+        let mut guard = CancelOnDrop {
+            inner,
+            id,
+            armed: true,
+        };
+        let outcome = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(CallError::Lost("connection closed".into())),
+            Err(_) => return Err(CallError::Timeout), // the guard sends the cancel
+        };
+        guard.armed = false;
+        outcome
+    }
+}
+
+/// Sends a cancel frame for a call abandoned before its reply.
+struct CancelOnDrop<'a> {
+    inner: &'a Inner,
+    id: u32,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && self
+                .inner
+                .pending
+                .lock()
+                .unwrap()
+                .remove(&self.id)
+                .is_some()
+        {
+            let _ = self
+                .inner
+                .tx
+                .send(frame::frame(Kind::Cancel, 0, self.id, &[]));
+        }
+    }
+}
+
+async fn read_loop(
+    inner: Arc<Inner>,
+    mut r: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    addr: String,
+) {
+    let reason = loop {
+        match r.next().await {
+            Ok(Some(f)) => match f.kind {
+                Kind::Response => {
+                    let waiter = inner.pending.lock().unwrap().remove(&f.stream);
+                    let Some(waiter) = waiter else { continue };
+                    let outcome = if f.flags & flags::ERROR == 0 {
+                        Ok(Ok(f.payload))
+                    } else {
+                        let e = frame::decode_error(&f.payload);
+                        if f.flags & flags::REFUSED != 0 {
+                            Err(CallError::Refused(e))
+                        } else {
+                            Ok(Err(e))
+                        }
+                    };
+                    let _ = waiter.send(outcome);
+                }
+                Kind::Ping if f.flags & flags::ACK == 0 => {
+                    let _ = inner
+                        .tx
+                        .send(frame::frame(Kind::Ping, flags::ACK, 0, &[&f.payload]));
+                }
+                Kind::GoAway => {
+                    // In-flight calls at or below `last` still get their replies; later ones
+                    // were never processed and are retried by the caller.
+                    let (last, reason) = frame::parse_goaway(&f.payload);
+                    inner.closed.store(true, Ordering::Release);
+                    tracing::debug!(%addr, last, %reason, "go-away");
+                    let mut pending = inner.pending.lock().unwrap();
+                    let refused: Vec<u32> =
+                        pending.keys().copied().filter(|id| *id > last).collect();
+                    for id in refused {
+                        if let Some(w) = pending.remove(&id) {
+                            let _ = w.send(Err(CallError::Refused(reason.clone())));
+                        }
+                    }
+                    if pending.is_empty() && reason.code != 503 {
+                        break format!("go-away from {addr}: {reason}");
+                    }
+                }
+                _ => {}
+            },
+            Ok(None) => break format!("connection to {addr} closed by the server"),
+            Err(ReadError::Io(e)) => break format!("connection to {addr} failed: {e}"),
+            Err(ReadError::Protocol(e)) => break format!("protocol error from {addr}: {e}"),
+        }
+    };
+    inner.closed.store(true, Ordering::Release);
+    let pending: Vec<_> = inner.pending.lock().unwrap().drain().collect();
+    for (_, w) in pending {
+        let _ = w.send(Err(CallError::Lost(reason.clone())));
+    }
+}

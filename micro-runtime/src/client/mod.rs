@@ -1,0 +1,397 @@
+//! The client: calls services by name.
+//!
+//! A call resolves the service through the registry cache, picks a node with
+//! the selector, takes a pooled multiplexed connection, and waits for the reply
+//! until the deadline. Connection failures are retried on another node;
+//! application errors never are.
+
+mod conn;
+mod pool;
+
+use crate::codec::ContentType;
+use crate::context::{new_trace_id, Context, Metadata, TRACE_ID_KEY};
+use crate::error::{Error, Result};
+use crate::registry::{cache::Cache, Registry};
+use crate::selector::{Selector, Strategy};
+use crate::transport::frame::{RequestHeadRef, DEFAULT_MAX_FRAME};
+use bytes::Bytes;
+use conn::CallError;
+use pool::Pool;
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The per-call timeout when nothing else says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries on connection failures when nothing else says.
+pub const DEFAULT_RETRIES: usize = 2;
+
+/// Options of one call (or of every call of a [`ServiceClient`]).
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// How long to wait for the reply (bounded further by the caller's own deadline).
+    pub timeout: Option<Duration>,
+    /// Metadata sent with the call (merged over the caller's context metadata).
+    pub metadata: Metadata,
+    /// The body encoding; MessagePack if `None`.
+    pub content_type: Option<ContentType>,
+    /// Retries on connection failures.
+    pub retries: Option<usize>,
+}
+
+impl CallOptions {
+    /// Empty options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Sets the content type.
+    pub fn content_type(mut self, ct: ContentType) -> Self {
+        self.content_type = Some(ct);
+        self
+    }
+    /// Sets the retry count.
+    pub fn retries(mut self, n: usize) -> Self {
+        self.retries = Some(n);
+        self
+    }
+    fn merge(&self, over: &CallOptions) -> CallOptions {
+        let mut metadata = self.metadata.clone();
+        metadata.extend(over.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        CallOptions {
+            timeout: over.timeout.or(self.timeout),
+            metadata,
+            content_type: over.content_type.or(self.content_type),
+            retries: over.retries.or(self.retries),
+        }
+    }
+}
+
+/// Calls services by name. Cheap to clone; clones share the cache and connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: Cache,
+    selector: Selector,
+    pool: Pool,
+    defaults: CallOptions,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("registry", &self.inner.cache.registry().name())
+            .field("selector", &self.inner.selector.strategy())
+            .finish()
+    }
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Default)]
+pub struct ClientBuilder {
+    registry: Option<Arc<dyn Registry>>,
+    strategy: Option<Strategy>,
+    timeout: Option<Duration>,
+    retries: Option<usize>,
+    pool_size: Option<usize>,
+    content_type: Option<ContentType>,
+}
+
+impl ClientBuilder {
+    /// Uses this registry (default: from `MICRO_REGISTRY`).
+    pub fn registry(mut self, r: Arc<dyn Registry>) -> Self {
+        self.registry = Some(r);
+        self
+    }
+    /// Uses this selection strategy (default: `MICRO_SELECTOR`, else random).
+    pub fn selector(mut self, s: Strategy) -> Self {
+        self.strategy = Some(s);
+        self
+    }
+    /// Default per-call timeout (default: `MICRO_CLIENT_TIMEOUT`, else 5 s).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// Retries on connection failures (default: `MICRO_CLIENT_RETRIES`, else 2).
+    pub fn retries(mut self, n: usize) -> Self {
+        self.retries = Some(n);
+        self
+    }
+    /// Connections kept per node (default: `MICRO_CLIENT_POOL_SIZE`, else 1; calls are multiplexed).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = Some(n.max(1));
+        self
+    }
+    /// Default body encoding (MessagePack unless set).
+    pub fn content_type(mut self, ct: ContentType) -> Self {
+        self.content_type = Some(ct);
+        self
+    }
+    /// Builds the client; environment variables fill what was not set in code.
+    pub fn build(self) -> Result<Client> {
+        let registry = match self.registry {
+            Some(r) => r,
+            None => crate::registry::from_env()?,
+        };
+        let strategy = match self.strategy {
+            Some(s) => s,
+            None => crate::env::parsed("MICRO_SELECTOR")?.unwrap_or_default(),
+        };
+        let timeout = self
+            .timeout
+            .or(crate::env::duration("MICRO_CLIENT_TIMEOUT")?)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let retries = self
+            .retries
+            .or(crate::env::parsed("MICRO_CLIENT_RETRIES")?)
+            .unwrap_or(DEFAULT_RETRIES);
+        let pool_size = self
+            .pool_size
+            .or(crate::env::parsed("MICRO_CLIENT_POOL_SIZE")?)
+            .unwrap_or(1);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                cache: Cache::new(registry),
+                selector: Selector::new(strategy),
+                pool: Pool::new(pool_size, DEFAULT_MAX_FRAME),
+                defaults: CallOptions {
+                    timeout: Some(timeout),
+                    metadata: Metadata::new(),
+                    content_type: self.content_type,
+                    retries: Some(retries),
+                },
+            }),
+        })
+    }
+}
+
+impl Client {
+    /// A client configured from the environment (registry, selector, timeout, retries).
+    pub fn new() -> Result<Client> {
+        Self::builder().build()
+    }
+
+    /// A builder for a client configured in code.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client using `registry` and the environment for the rest.
+    pub fn with_registry(registry: Arc<dyn Registry>) -> Result<Client> {
+        Self::builder().registry(registry).build()
+    }
+
+    /// The registry this client resolves services in.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        self.inner.cache.registry()
+    }
+
+    /// Calls `service`'s `endpoint` with a typed request and decodes the typed reply.
+    pub async fn call<Req, Resp>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        req: &Req,
+        opts: &CallOptions,
+    ) -> Result<Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let opts = self.inner.defaults.merge(opts);
+        let ct = opts.content_type.unwrap_or_default();
+        let body = ct.encode(req)?;
+        let reply = self.call_merged(service, endpoint, ct, &body, opts).await?;
+        ct.decode(&reply).map_err(|e| {
+            Error::internal(
+                "micro.client",
+                format!("undecodable reply from {endpoint}: {}", e.detail),
+            )
+        })
+    }
+
+    /// Calls with an already encoded body; returns the encoded reply.
+    pub async fn call_raw(
+        &self,
+        service: &str,
+        endpoint: &str,
+        content_type: ContentType,
+        body: &[u8],
+        opts: &CallOptions,
+    ) -> Result<Bytes> {
+        self.call_merged(
+            service,
+            endpoint,
+            content_type,
+            body,
+            self.inner.defaults.merge(opts),
+        )
+        .await
+    }
+
+    async fn call_merged(
+        &self,
+        service: &str,
+        endpoint: &str,
+        content_type: ContentType,
+        body: &[u8],
+        opts: CallOptions,
+    ) -> Result<Bytes> {
+        let now = Instant::now();
+        let mut deadline = now + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        // A call made while serving another carries its deadline, metadata and trace id on.
+        let mut metadata = Metadata::new();
+        if let Some(ctx) = Context::try_current() {
+            if let Some(d) = ctx.deadline() {
+                deadline = deadline.min(d.into());
+            }
+            metadata.extend(ctx.metadata().iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        metadata.extend(opts.metadata);
+        metadata
+            .entry(TRACE_ID_KEY.to_owned())
+            .or_insert_with(new_trace_id);
+
+        let mut head = RequestHeadRef {
+            service,
+            endpoint,
+            content_type: content_type.as_str(),
+            timeout_us: 0,
+            metadata: &metadata,
+        };
+        let retries = opts.retries.unwrap_or(DEFAULT_RETRIES);
+        let mut tried: Vec<String> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        for _attempt in 0..=retries {
+            let nodes = self.inner.cache.nodes(service).await?;
+            if nodes.is_empty() {
+                return Err(Error::not_found(
+                    "micro.client",
+                    format!(
+                        "service `{service}` not found in the {} registry",
+                        self.registry().name()
+                    ),
+                ));
+            }
+            let pool = &self.inner.pool;
+            // Prefer nodes not yet tried in this call and not recently unreachable.
+            let node = self
+                .inner
+                .selector
+                .select(&nodes, |n| {
+                    !tried.contains(&n.id) && !pool.is_backing_off(&n.address)
+                })
+                .or_else(|| {
+                    self.inner
+                        .selector
+                        .select(&nodes, |n| !tried.contains(&n.id))
+                })
+                .or_else(|| self.inner.selector.select(&nodes, |_| true))
+                .expect("nodes is not empty");
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            head.timeout_us = remaining.as_micros().min(u64::MAX as u128) as u64;
+            let outcome = match pool.get(&node.address, remaining).await {
+                Ok(conn) => conn.call(head, body, deadline).await,
+                Err(e) => Err(e),
+            };
+            let failure = match outcome {
+                Ok(reply) => return reply,
+                Err(CallError::Timeout) => break,
+                Err(CallError::Lost(why)) => {
+                    pool.mark_failed(&node.address);
+                    why
+                }
+                Err(CallError::Refused(e)) => e.to_string(),
+            };
+            tracing::debug!(service, endpoint, node = %node.id, %failure, "retrying on another node");
+            failures.push(format!("{}: {failure}", node.address));
+            tried.push(node.id.clone());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::timeout(
+                "micro.client",
+                format!(
+                    "{service} {endpoint}: no reply within {:?}",
+                    opts.timeout.unwrap_or(DEFAULT_TIMEOUT)
+                ),
+            ));
+        }
+        Err(Error::unavailable(
+            "micro.client",
+            format!(
+                "{service} {endpoint}: no node answered after {} attempts ({})",
+                tried.len(),
+                failures.join("; ")
+            ),
+        ))
+    }
+}
+
+/// A client bound to one service; the generated typed clients wrap it.
+#[derive(Clone, Debug)]
+pub struct ServiceClient {
+    client: Client,
+    service: Arc<str>,
+    options: CallOptions,
+}
+
+impl ServiceClient {
+    /// Calls to `service` through `client`.
+    pub fn new(client: &Client, service: impl Into<String>) -> Self {
+        Self {
+            client: client.clone(),
+            service: service.into().into(),
+            options: CallOptions::default(),
+        }
+    }
+    /// The same, aimed at another service name.
+    pub fn with_service(&self, service: impl Into<String>) -> Self {
+        Self {
+            service: service.into().into(),
+            ..self.clone()
+        }
+    }
+    /// The same, with another per-call timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        self.with_options(CallOptions::new().timeout(timeout))
+    }
+    /// The same, with `options` laid over the current ones.
+    pub fn with_options(&self, options: CallOptions) -> Self {
+        Self {
+            options: self.options.merge(&options),
+            ..self.clone()
+        }
+    }
+    /// The service name calls go to.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+    /// Calls `endpoint` with `req`.
+    pub async fn call<Req, Resp>(&self, endpoint: &str, req: &Req) -> Result<Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.client
+            .call(&self.service, endpoint, req, &self.options)
+            .await
+    }
+}

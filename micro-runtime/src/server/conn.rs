@@ -1,0 +1,280 @@
+//! One server-side connection: sniff, read frames, run handlers, write replies.
+
+use super::{Reply, Request, Shared};
+use crate::codec::ContentType;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::transport::frame::{self, flags, Kind, ProtocolError, PREFACE};
+use crate::transport::{preview, spawn_writer, FrameReader, FrameSender, ReadError};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
+
+/// How long a new connection may take to send its first bytes.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Abort handles of the calls running on one connection, by stream id. Owned
+/// by the connection's reader alone (no lock on the hot path); entries of
+/// finished calls are pruned as the map grows.
+#[derive(Default)]
+struct InFlight {
+    calls: HashMap<u32, AbortHandle>,
+    prune_at: usize,
+}
+
+impl InFlight {
+    const MIN_PRUNE: usize = 64;
+
+    fn insert(&mut self, id: u32, handle: AbortHandle) {
+        if self.calls.len() >= self.prune_at.max(Self::MIN_PRUNE) {
+            self.calls.retain(|_, h| !h.is_finished());
+            self.prune_at = self.calls.len() * 2;
+        }
+        self.calls.insert(id, handle);
+    }
+
+    fn cancel(&mut self, id: u32) {
+        if let Some(h) = self.calls.remove(&id) {
+            h.abort();
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        for (_, h) in self.calls.drain() {
+            h.abort();
+        }
+    }
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = serve_native(&shared, stream).await {
+        tracing::debug!(%peer, error = %e, "connection closed on protocol error");
+    }
+    shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_native(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+) -> std::result::Result<(), ProtocolError> {
+    let (r, mut w) = stream.into_split();
+    let mut r = FrameReader::new(r, shared.max_frame);
+    match tokio::time::timeout(PREFACE_TIMEOUT, sniff(&mut r)).await {
+        Ok(Ok(Sniff::Native)) => {}
+        Ok(Ok(Sniff::Other)) => {
+            let err = ProtocolError::BadPreface {
+                got: preview(r.buffered()),
+            };
+            let _ = w.write_all(&frame::goaway(0, &err.to_error())).await;
+            let _ = w.shutdown().await;
+            return Err(err);
+        }
+        // Closed, failed or silent before a whole preface: nothing to answer.
+        _ => return Ok(()),
+    }
+
+    let (tx, writer) = spawn_writer(w);
+    let mut in_flight = InFlight::default();
+    let result = read_loop(shared, &mut r, &tx, &mut in_flight).await;
+    // Whatever still runs has no one left to answer to.
+    in_flight.cancel_all();
+    if let Err(e) = &result {
+        let _ = tx.send(frame::goaway(0, &e.to_error()));
+    }
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// What the first bytes of a connection say it speaks.
+enum Sniff {
+    /// The native preface (now consumed).
+    Native,
+    /// Anything else.
+    Other,
+    /// The peer closed before sending a whole preface.
+    Closed,
+}
+
+/// Reads until the preface is complete or cannot match any more, so garbage is
+/// answered at once.
+async fn sniff(r: &mut FrameReader<OwnedReadHalf>) -> std::io::Result<Sniff> {
+    loop {
+        let seen = r.buffered();
+        let n = seen.len().min(PREFACE.len());
+        if seen[..n] != PREFACE[..n] {
+            return Ok(Sniff::Other);
+        }
+        if n == PREFACE.len() {
+            r.consume(n);
+            return Ok(Sniff::Native);
+        }
+        if r.read_more().await? == 0 {
+            return Ok(if r.buffered().is_empty() {
+                Sniff::Closed
+            } else {
+                Sniff::Other
+            });
+        }
+    }
+}
+
+async fn read_loop(
+    shared: &Arc<Shared>,
+    r: &mut FrameReader<OwnedReadHalf>,
+    tx: &FrameSender,
+    in_flight: &mut InFlight,
+) -> std::result::Result<(), ProtocolError> {
+    let mut last_stream = 0u32;
+    let mut draining = false;
+    // Made once: a fresh `cancelled()` per frame would register and drop a waiter each time.
+    let drain_signal = shared.draining.cancelled();
+    let close_signal = shared.closed.cancelled();
+    tokio::pin!(drain_signal, close_signal);
+    loop {
+        let f = tokio::select! {
+            biased;
+            f = r.next() => f,
+            _ = &mut drain_signal, if !draining => {
+                draining = true;
+                let reason = Error::unavailable(shared.service.as_str(), "server shutting down");
+                let _ = tx.send(frame::goaway(last_stream, &reason));
+                continue;
+            }
+            _ = &mut close_signal => return Ok(()),
+        };
+        let f = match f {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(ReadError::Io(_)) => return Ok(()),
+            Err(ReadError::Protocol(e)) => return Err(e),
+        };
+        match f.kind {
+            Kind::Request => {
+                if f.stream == 0 || f.stream <= last_stream {
+                    return Err(ProtocolError::BadStream(f.stream));
+                }
+                last_stream = f.stream;
+                if draining {
+                    let e = Error::unavailable(shared.service.as_str(), "server shutting down");
+                    let _ = tx.send(error_frame(f.stream, &e, flags::REFUSED));
+                    continue;
+                }
+                let task = spawn_call(shared, tx, f.stream, f.payload);
+                in_flight.insert(f.stream, task);
+            }
+            Kind::Cancel => {
+                in_flight.cancel(f.stream);
+            }
+            Kind::Ping if f.flags & flags::ACK == 0 => {
+                let _ = tx.send(frame::frame(Kind::Ping, flags::ACK, 0, &[&f.payload]));
+            }
+            Kind::Ping | Kind::Credit | Kind::Data => {}
+            Kind::Response | Kind::GoAway => {
+                return Err(ProtocolError::Malformed(
+                    "frame kind only a server may send",
+                ));
+            }
+        }
+    }
+}
+
+fn error_frame(stream: u32, e: &Error, extra: u8) -> Vec<u8> {
+    frame::frame(
+        Kind::Response,
+        flags::END_STREAM | flags::ERROR | extra,
+        stream,
+        &[&frame::encode_error(e)],
+    )
+}
+
+/// Runs a call on its own task; the reply goes to the connection's writer.
+fn spawn_call(shared: &Arc<Shared>, tx: &FrameSender, id: u32, payload: Bytes) -> AbortHandle {
+    let task_shared = Arc::clone(shared);
+    let tx = tx.clone();
+    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let task = shared.tracker.spawn(async move {
+        let reply = match dispatch(&task_shared, &payload).await {
+            Ok(reply) => reply.into_frame(Kind::Response, flags::END_STREAM, id),
+            Err(e) => {
+                task_shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                error_frame(id, &e, 0)
+            }
+        };
+        let _ = tx.send(reply);
+    });
+    task.abort_handle()
+}
+
+/// Runs one request to its reply: head decoding, route lookup, body
+/// decoding, the handler under its context and deadline, panics turned into
+/// internal errors.
+async fn dispatch(shared: &Shared, payload: &Bytes) -> Result<Reply> {
+    let service = shared.service.as_str();
+    // A head that does not decode spoils only this call: the framing is intact.
+    let (head, body) = frame::parse_request_view(payload)
+        .map_err(|e| Error::bad_request(service, format!("protocol error: {e}")))?;
+    if !head.service.is_empty() && head.service != service {
+        return Err(Error::not_found(
+            service,
+            format!(
+                "service `{}` is not served here (this node serves `{service}`)",
+                head.service
+            ),
+        ));
+    }
+    let Some(route) = shared.routes.get(head.endpoint) else {
+        let mut known: Vec<&str> = shared.routes.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        return Err(Error::not_found(
+            service,
+            format!(
+                "unknown endpoint `{}` on service `{service}`; it serves: {}",
+                head.endpoint,
+                known.join(", ")
+            ),
+        ));
+    };
+    let content_type: ContentType = head.content_type.parse()?;
+    let deadline = (head.timeout_us > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_micros(head.timeout_us));
+    let ctx = Context::new(
+        deadline.map(|d| d.into_std()),
+        head.metadata,
+        Arc::clone(&route.name),
+    );
+    let call =
+        AssertUnwindSafe(ctx.scope((route.call)(Request { content_type, body }))).catch_unwind();
+    let outcome = match deadline {
+        Some(d) => tokio::time::timeout_at(d, call).await.map_err(|_| {
+            Error::timeout(
+                service,
+                format!("{} did not finish within the caller's deadline", route.name),
+            )
+        })?,
+        None => call.await,
+    };
+    outcome.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        tracing::error!(endpoint = %route.name, panic = %msg, "handler panicked");
+        Err(Error::internal(
+            service,
+            format!("handler of {} panicked: {msg}", route.name),
+        ))
+    })
+}

@@ -1,0 +1,6 @@
+#[micro::service]
+trait Greeter {
+    async fn new(&self) -> micro::Result<()>;
+}
+
+fn main() {}

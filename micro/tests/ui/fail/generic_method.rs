@@ -1,0 +1,6 @@
+#[micro::service]
+trait Greeter {
+    async fn hello<T>(&self, value: T) -> micro::Result<()>;
+}
+
+fn main() {}

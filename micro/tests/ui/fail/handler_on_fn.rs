@@ -1,0 +1,6 @@
+#[micro::handler]
+async fn hello() -> micro::Result<()> {
+    Ok(())
+}
+
+fn main() {}

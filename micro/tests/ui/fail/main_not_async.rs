@@ -1,0 +1,2 @@
+#[micro::main]
+fn main() {}

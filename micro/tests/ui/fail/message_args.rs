@@ -1,0 +1,6 @@
+#[micro::message(rename_all = "camelCase")]
+struct Greeting {
+    text: String,
+}
+
+fn main() {}

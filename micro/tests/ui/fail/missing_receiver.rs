@@ -1,0 +1,6 @@
+#[micro::service]
+trait Greeter {
+    async fn hello(name: String) -> micro::Result<String>;
+}
+
+fn main() {}

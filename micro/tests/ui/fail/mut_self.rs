@@ -1,0 +1,6 @@
+#[micro::service]
+trait Greeter {
+    async fn hello(&mut self) -> micro::Result<String>;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[micro::service]
+trait Greeter {
+    async fn hello(&self, name: String) -> String;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[micro::service]
+trait Greeter {
+    fn hello(&self) -> micro::Result<String>;
+}
+
+fn main() {}

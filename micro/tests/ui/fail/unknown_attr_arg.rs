@@ -1,0 +1,6 @@
+#[micro::service(nme = "greeter")]
+trait Greeter {
+    async fn hello(&self) -> micro::Result<()>;
+}
+
+fn main() {}

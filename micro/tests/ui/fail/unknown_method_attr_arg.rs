@@ -1,0 +1,7 @@
+#[micro::service]
+trait Greeter {
+    #[micro(rename = "Hi")]
+    async fn hello(&self) -> micro::Result<()>;
+}
+
+fn main() {}

@@ -1,0 +1,146 @@
+//! Helpers for the multi-process integration tests: a test service contract,
+//! node processes, a loopback-only network namespace, and condition waits.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The contract of the `micro-test-node` processes.
+#[micro::service(name = "node")]
+pub trait NodeInfo {
+    /// The pid of the process that served the call.
+    async fn whoami(&self) -> micro::Result<u32>;
+    /// Sleeps `ms` milliseconds, then answers with the pid.
+    async fn sleep(&self, ms: u64) -> micro::Result<u32>;
+}
+
+/// The environment variable set inside the namespace, so the test body runs there.
+const IN_NETNS: &str = "MICRO_TEST_IN_NETNS";
+
+/// Runs the calling test inside a fresh network namespace that has only `lo`,
+/// when that is possible (root and `unshare`): the test binary re-executes
+/// itself for `test_name` there, and this returns `true` once it passed (the
+/// caller then returns). Inside the namespace, or where it is not possible, it
+/// returns `false` and the caller runs its body; mDNS is then confined to `lo`
+/// by micro's default interface set.
+pub fn reexec_in_loopback_netns(test_name: &str) -> bool {
+    if std::env::var_os(IN_NETNS).is_some() || !nix::unistd::Uid::effective().is_root() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let status = Command::new("unshare")
+        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, "1")
+        .status();
+    match status {
+        Ok(s) => {
+            assert!(
+                s.success(),
+                "{test_name} failed inside the loopback-only namespace: {s}"
+            );
+            true
+        }
+        Err(e) => panic!("cannot run unshare for {test_name}: {e}"),
+    }
+}
+
+/// Whether this process runs inside the loopback-only namespace.
+pub fn in_netns() -> bool {
+    std::env::var_os(IN_NETNS).is_some()
+}
+
+/// A `micro-test-node` child process, killed when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The child.
+    pub child: Child,
+    /// Its address as registered.
+    pub address: String,
+}
+
+impl NodeProcess {
+    /// Starts a node with `env` and waits for its `READY` line.
+    pub fn start(exe: &str, env: &[(&str, String)]) -> NodeProcess {
+        let mut cmd = Command::new(exe);
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn micro-test-node");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .expect("node printed nothing")
+            .expect("read node stdout");
+        let address = line
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("unexpected line: {line}"))
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        NodeProcess { child, address }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("kill");
+    }
+
+    /// Waits for the child to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not exit within {timeout:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; panics naming `what` then.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A UDP port for an mDNS test of its own, so parallel tests do not hear each other.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
