@@ -16,7 +16,7 @@ pub mod transport;
 
 pub use client::{CallOptions, Client, ClientBuilder, ServiceClient};
 pub use codec::ContentType;
-pub use context::{Context, Metadata};
+pub use context::{Context, Metadata, TraceId};
 pub use error::{Error, Result};
 pub use registry::{MdnsOptions, MdnsRegistry, MemoryRegistry, Registry};
 pub use selector::Strategy;

@@ -69,10 +69,11 @@ impl Handler for Svc {
                 Arc::clone(&self),
                 |_s, key: String| async move {
                     let ctx = Context::current();
-                    Ok((
-                        ctx.get(&key).map(str::to_owned),
-                        ctx.remaining().map(|d| d.as_millis() as u64),
-                    ))
+                    let value = match key.as_str() {
+                        "trace" => Some(ctx.trace_id().to_string()),
+                        key => ctx.get(key).map(str::to_owned),
+                    };
+                    Ok((value, ctx.remaining().map(|d| d.as_millis() as u64)))
                 },
             ),
             unary(def("Svc.Slow"), self, |s, ms: u64| async move {
@@ -198,11 +199,18 @@ async fn metadata_and_deadline_reach_the_handler() {
     assert_eq!(v.as_deref(), Some("u1"));
     let remaining = remaining.unwrap();
     assert!(remaining > 0 && remaining <= 2000, "{remaining}");
-    let (trace, _): (Option<String>, Option<u64>) = client
-        .call("svc", "Svc.Meta", "Micro-Trace-Id", &o)
+    let (trace, _): (Option<String>, Option<u64>) =
+        client.call("svc", "Svc.Meta", "trace", &o).await.unwrap();
+    let trace = trace.unwrap();
+    assert_eq!(trace.len(), 32);
+    assert_ne!(trace, "0".repeat(32), "every call gets a trace id");
+    let bad = o.clone().metadata("Micro-Trace-Id", "not-hex");
+    let e = client
+        .call::<_, (Option<String>, Option<u64>)>("svc", "Svc.Meta", "trace", &bad)
         .await
-        .unwrap();
-    assert_eq!(trace.unwrap().len(), 32);
+        .unwrap_err();
+    assert_eq!(e.code, 400);
+    assert!(e.detail.contains("invalid trace id"), "{e}");
     svc.stop().await.unwrap();
 }
 

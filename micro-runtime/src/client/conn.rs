@@ -1,7 +1,7 @@
 //! One multiplexed client connection to a node.
 
 use crate::error::Error;
-use crate::transport::frame::{self, flags, Kind, RequestHeadRef, PREFACE};
+use crate::transport::frame::{self, flags, Kind, PREFACE};
 use crate::transport::{spawn_writer, FrameReader, FrameSender, ReadError};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -84,12 +84,10 @@ impl Connection {
     /// Makes one unary call: sends the request and waits for its reply until `deadline`.
     pub(crate) async fn call(
         &self,
-        head: RequestHeadRef<'_>,
-        body: &[u8],
+        mut request: Vec<u8>,
         deadline: Instant,
     ) -> Result<Reply, CallError> {
         let inner = &self.inner;
-        let mut request = frame::request(0, flags::END_STREAM, head, body);
         if request.len() - frame::HEADER_LEN > inner.max_frame {
             return Ok(Err(Error::payload_too_large(
                 "micro.client",

@@ -9,11 +9,11 @@ mod conn;
 mod pool;
 
 use crate::codec::ContentType;
-use crate::context::{new_trace_id, Context, Metadata, TRACE_ID_KEY};
+use crate::context::{Context, Metadata, TraceId, TRACE_ID_KEY};
 use crate::error::{Error, Result};
 use crate::registry::{cache::Cache, Registry};
 use crate::selector::{Selector, Strategy};
-use crate::transport::frame::{RequestHeadRef, DEFAULT_MAX_FRAME};
+use crate::transport::frame::{self, flags, RequestHeadRef, DEFAULT_MAX_FRAME};
 use bytes::Bytes;
 use conn::CallError;
 use pool::Pool;
@@ -210,13 +210,14 @@ impl Client {
         opts: &CallOptions,
     ) -> Result<Resp>
     where
-        Req: Serialize + ?Sized,
+        Req: Serialize + Sync + ?Sized,
         Resp: DeserializeOwned,
     {
         let opts = self.inner.defaults.merge(opts);
         let ct = opts.content_type.unwrap_or_default();
-        let body = ct.encode(req)?;
-        let reply = self.call_merged(service, endpoint, ct, &body, opts).await?;
+        let reply = self
+            .call_merged(service, endpoint, ct, &|out| ct.encode_into(out, req), opts)
+            .await?;
         ct.decode(&reply).map_err(|e| {
             Error::internal(
                 "micro.client",
@@ -234,14 +235,13 @@ impl Client {
         body: &[u8],
         opts: &CallOptions,
     ) -> Result<Bytes> {
-        self.call_merged(
-            service,
-            endpoint,
-            content_type,
-            body,
-            self.inner.defaults.merge(opts),
-        )
-        .await
+        let write_body = |out: &mut Vec<u8>| {
+            out.extend_from_slice(body);
+            Ok(())
+        };
+        let opts = self.inner.defaults.merge(opts);
+        self.call_merged(service, endpoint, content_type, &write_body, opts)
+            .await
     }
 
     async fn call_merged(
@@ -249,29 +249,37 @@ impl Client {
         service: &str,
         endpoint: &str,
         content_type: ContentType,
-        body: &[u8],
+        write_body: &(dyn Fn(&mut Vec<u8>) -> Result<()> + Sync),
         opts: CallOptions,
     ) -> Result<Bytes> {
         let now = Instant::now();
         let mut deadline = now + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
         // A call made while serving another carries its deadline, metadata and trace id on.
         let mut metadata = Metadata::new();
+        let mut trace_id = TraceId::default();
         if let Some(ctx) = Context::try_current() {
             if let Some(d) = ctx.deadline() {
                 deadline = deadline.min(d.into());
             }
             metadata.extend(ctx.metadata().iter().map(|(k, v)| (k.clone(), v.clone())));
+            trace_id = ctx.trace_id();
         }
         metadata.extend(opts.metadata);
-        metadata
-            .entry(TRACE_ID_KEY.to_owned())
-            .or_insert_with(new_trace_id);
+        if let Some(explicit) = metadata.remove(TRACE_ID_KEY) {
+            trace_id = explicit
+                .parse()
+                .map_err(|e: String| Error::bad_request("micro.client", e))?;
+        }
+        if trace_id.is_none() {
+            trace_id = TraceId::random();
+        }
 
         let mut head = RequestHeadRef {
             service,
             endpoint,
             content_type: content_type.as_str(),
             timeout_us: 0,
+            trace_id: trace_id.0,
             metadata: &metadata,
         };
         let retries = opts.retries.unwrap_or(DEFAULT_RETRIES);
@@ -308,8 +316,9 @@ impl Client {
                 break;
             }
             head.timeout_us = remaining.as_micros().min(u64::MAX as u128) as u64;
+            let request = frame::request_with(0, flags::END_STREAM, head, write_body)?;
             let outcome = match pool.get(&node.address, remaining).await {
-                Ok(conn) => conn.call(head, body, deadline).await,
+                Ok(conn) => conn.call(request, deadline).await,
                 Err(e) => Err(e),
             };
             let failure = match outcome {
@@ -387,7 +396,7 @@ impl ServiceClient {
     /// Calls `endpoint` with `req`.
     pub async fn call<Req, Resp>(&self, endpoint: &str, req: &Req) -> Result<Resp>
     where
-        Req: Serialize + ?Sized,
+        Req: Serialize + Sync + ?Sized,
         Resp: DeserializeOwned,
     {
         self.client

@@ -2,7 +2,7 @@
 
 use super::{Reply, Request, Shared};
 use crate::codec::ContentType;
-use crate::context::Context;
+use crate::context::{Context, TraceId};
 use crate::error::{Error, Result};
 use crate::transport::frame::{self, flags, Kind, ProtocolError, PREFACE};
 use crate::transport::{preview, spawn_writer, FrameReader, FrameSender, ReadError};
@@ -253,6 +253,7 @@ async fn dispatch(shared: &Shared, payload: &Bytes) -> Result<Reply> {
         deadline.map(|d| d.into_std()),
         head.metadata,
         Arc::clone(&route.name),
+        TraceId(head.trace_id),
     );
     let call =
         AssertUnwindSafe(ctx.scope((route.call)(Request { content_type, body }))).catch_unwind();

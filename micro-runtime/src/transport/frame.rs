@@ -160,6 +160,8 @@ pub struct RequestHead {
     pub content_type: String,
     /// Time the caller will wait, in microseconds, relative to receipt (0: no deadline).
     pub timeout_us: u64,
+    /// The trace id (0: none).
+    pub trace_id: u128,
     /// Request metadata.
     pub metadata: BTreeMap<String, String>,
 }
@@ -176,6 +178,8 @@ pub struct RequestHeadRef<'a> {
     pub content_type: &'a str,
     /// See [`RequestHead::timeout_us`].
     pub timeout_us: u64,
+    /// See [`RequestHead::trace_id`].
+    pub trace_id: u128,
     /// See [`RequestHead::metadata`].
     pub metadata: &'a BTreeMap<String, String>,
 }
@@ -188,6 +192,7 @@ impl RequestHead {
             endpoint: &self.endpoint,
             content_type: &self.content_type,
             timeout_us: self.timeout_us,
+            trace_id: self.trace_id,
             metadata: &self.metadata,
         }
     }
@@ -196,14 +201,29 @@ impl RequestHead {
 /// Encodes a request frame, in one buffer: a u32 head length, the head
 /// (MessagePack), the body.
 pub fn request(stream: u32, flags: u8, head: RequestHeadRef<'_>, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 4 + 64 + body.len());
+    request_with(stream, flags, head, |out| {
+        out.extend_from_slice(body);
+        Ok(())
+    })
+    .expect("copying a body cannot fail")
+}
+
+/// Encodes a request frame whose body `write_body` appends to the buffer, so a
+/// typed request is encoded straight into the frame.
+pub fn request_with(
+    stream: u32,
+    flags: u8,
+    head: RequestHeadRef<'_>,
+    write_body: impl FnOnce(&mut Vec<u8>) -> crate::Result<()>,
+) -> crate::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 + 128);
     out.extend_from_slice(&[0; HEADER_LEN + 4]);
     rmp_serde::encode::write(&mut out, &head).expect("request heads always encode");
     let head_len = (out.len() - HEADER_LEN - 4) as u32;
     out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&head_len.to_be_bytes());
-    out.extend_from_slice(body);
+    write_body(&mut out)?;
     write_header(&mut out, Kind::Request, flags, stream);
-    out
+    Ok(out)
 }
 
 /// A request head decoded in place: the strings borrow from the frame.
@@ -217,6 +237,8 @@ pub struct RequestHeadView<'a> {
     pub content_type: &'a str,
     /// See [`RequestHead::timeout_us`].
     pub timeout_us: u64,
+    /// See [`RequestHead::trace_id`].
+    pub trace_id: u128,
     /// See [`RequestHead::metadata`].
     pub metadata: BTreeMap<String, String>,
 }
@@ -341,6 +363,7 @@ mod tests {
             endpoint: "Greeter.Hello".into(),
             content_type: "application/json".into(),
             timeout_us: 1500,
+            trace_id: u128::MAX - 7,
             metadata: [("k".to_string(), "v".to_string())].into(),
         };
         let buf = request(7, flags::END_STREAM, head.as_ref(), b"{}");
@@ -358,6 +381,7 @@ mod tests {
                 back.endpoint,
                 back.content_type,
                 back.timeout_us,
+                back.trace_id,
                 &back.metadata
             ),
             (
@@ -365,6 +389,7 @@ mod tests {
                 &*head.endpoint,
                 &*head.content_type,
                 head.timeout_us,
+                head.trace_id,
                 &head.metadata
             )
         );
