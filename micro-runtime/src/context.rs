@@ -71,10 +71,13 @@ tokio::task_local! {
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     deadline: Option<Instant>,
-    metadata: Arc<Metadata>,
+    /// `None` when empty, which spares the allocation for most calls.
+    metadata: Option<Arc<Metadata>>,
     endpoint: Arc<str>,
     trace_id: TraceId,
 }
+
+static NO_METADATA: Metadata = Metadata::new();
 
 impl Context {
     /// A context with a deadline and metadata, as the server builds it for a call.
@@ -86,7 +89,7 @@ impl Context {
     ) -> Self {
         Self {
             deadline,
-            metadata: Arc::new(metadata),
+            metadata: (!metadata.is_empty()).then(|| Arc::new(metadata)),
             endpoint,
             trace_id,
         }
@@ -121,12 +124,12 @@ impl Context {
 
     /// All request metadata.
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        self.metadata.as_deref().unwrap_or(&NO_METADATA)
     }
 
     /// One metadata value.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).map(String::as_str)
+        self.metadata().get(key).map(String::as_str)
     }
 
     /// The trace id of the call (set by the first client in a chain of calls;

@@ -493,3 +493,47 @@ async fn malformed_bodies_and_unknown_content_types_get_clear_errors() {
     assert_eq!(r, "Hello, still");
     svc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_server_enforces_the_deadline_on_its_own() {
+    use micro_runtime::transport::frame::{self, flags, RequestHead};
+    let reg = MemoryRegistry::new();
+    let (svc, probe) = start(&reg).await;
+    // A hand-made client that never sends a cancel: only the server's own timer can stop the call.
+    let mut s = tokio::net::TcpStream::connect(svc.local_addr())
+        .await
+        .unwrap();
+    let head = RequestHead {
+        service: "svc".into(),
+        endpoint: "Svc.Slow".into(),
+        content_type: "application/json".into(),
+        timeout_us: 50_000,
+        ..Default::default()
+    };
+    let mut bytes = frame::PREFACE.to_vec();
+    bytes.extend(frame::request(
+        1,
+        flags::END_STREAM,
+        head.as_ref(),
+        b"60000",
+    ));
+    s.write_all(&bytes).await.unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        micro_runtime::transport::FrameReader::new(&mut s, 1 << 20).next(),
+    )
+    .await
+    .expect("the server answers by itself")
+    .unwrap()
+    .unwrap();
+    let e = frame::decode_error(&reply.payload);
+    assert_eq!(e.code, 408, "{e}");
+    assert!(e.detail.contains("Svc.Slow"), "{e}");
+    assert_eq!(
+        probe.slow_dropped.load(Ordering::SeqCst),
+        1,
+        "the handler was dropped"
+    );
+    assert_eq!(probe.slow_finished.load(Ordering::SeqCst), 0);
+    svc.stop().await.unwrap();
+}

@@ -60,13 +60,10 @@ impl Pool {
 
     /// A usable connection to `addr`, dialing one if needed (one dial at a time per address).
     pub(crate) async fn get(&self, addr: &str, timeout: Duration) -> Result<Connection, CallError> {
-        let slot = match self.slots.get(addr) {
-            Some(s) => Arc::clone(&s),
-            None => Arc::clone(&self.slots.entry(addr.to_owned()).or_default()),
-        };
-        if let Some(c) = slot.pick(self.size) {
+        if let Some(c) = self.slots.get(addr).and_then(|s| s.pick(self.size)) {
             return Ok(c);
         }
+        let slot = Arc::clone(&self.slots.entry(addr.to_owned()).or_default());
         let _dialing = slot.dialing.lock().await;
         if let Some(c) = slot.pick(self.size) {
             return Ok(c);

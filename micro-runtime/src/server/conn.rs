@@ -9,10 +9,13 @@ use crate::transport::{preview, spawn_writer, FrameReader, FrameSender, ReadErro
 use bytes::Bytes;
 use futures_util::FutureExt;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -199,6 +202,22 @@ fn error_frame(stream: u32, e: &Error, extra: u8) -> Vec<u8> {
     )
 }
 
+/// Runs `fut` until `deadline`; `None` if the deadline came first (and `fut`
+/// is dropped, which cancels it). Unlike `tokio::time::timeout_at`, the timer
+/// is only made once `fut` has to wait, so calls answered at once cost none.
+async fn until_deadline<F: Future>(fut: F, deadline: tokio::time::Instant) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// Runs a call on its own task; the reply goes to the connection's writer.
 fn spawn_call(shared: &Arc<Shared>, tx: &FrameSender, id: u32, payload: Bytes) -> AbortHandle {
     let task_shared = Arc::clone(shared);
@@ -258,7 +277,7 @@ async fn dispatch(shared: &Shared, payload: &Bytes) -> Result<Reply> {
     let call =
         AssertUnwindSafe(ctx.scope((route.call)(Request { content_type, body }))).catch_unwind();
     let outcome = match deadline {
-        Some(d) => tokio::time::timeout_at(d, call).await.map_err(|_| {
+        Some(d) => until_deadline(call, d).await.ok_or_else(|| {
             Error::timeout(
                 service,
                 format!("{} did not finish within the caller's deadline", route.name),
