@@ -456,13 +456,13 @@ async fn malformed_bodies_and_unknown_content_types_get_clear_errors() {
         .await
         .unwrap();
     let head = RequestHead {
-        service: "svc".into(),
-        endpoint: "Svc.Hello".into(),
-        content_type: "text/plain".into(),
+        service: "svc",
+        endpoint: "Svc.Hello",
+        content_type: "text/plain",
         ..Default::default()
     };
     let mut bytes = frame::PREFACE.to_vec();
-    bytes.extend(frame::request(1, flags::END_STREAM, head.as_ref(), b"hi"));
+    bytes.extend(frame::request(1, flags::END_STREAM, &head, b"hi"));
     s.write_all(&bytes).await.unwrap();
     let f = micro_runtime::transport::FrameReader::new(&mut s, 1 << 20)
         .next()
@@ -504,19 +504,14 @@ async fn the_server_enforces_the_deadline_on_its_own() {
         .await
         .unwrap();
     let head = RequestHead {
-        service: "svc".into(),
-        endpoint: "Svc.Slow".into(),
-        content_type: "application/json".into(),
+        service: "svc",
+        endpoint: "Svc.Slow",
+        content_type: "application/json",
         timeout_us: 50_000,
         ..Default::default()
     };
     let mut bytes = frame::PREFACE.to_vec();
-    bytes.extend(frame::request(
-        1,
-        flags::END_STREAM,
-        head.as_ref(),
-        b"60000",
-    ));
+    bytes.extend(frame::request(1, flags::END_STREAM, &head, b"60000"));
     s.write_all(&bytes).await.unwrap();
     let reply = tokio::time::timeout(
         Duration::from_secs(5),

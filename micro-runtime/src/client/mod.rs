@@ -13,11 +13,12 @@ use crate::context::{Context, Metadata, TraceId, TRACE_ID_KEY};
 use crate::error::{Error, Result};
 use crate::registry::{cache::Cache, Registry};
 use crate::selector::{Selector, Strategy};
-use crate::transport::frame::{self, flags, RequestHeadRef, DEFAULT_MAX_FRAME};
+use crate::transport::frame::{self, flags, RequestHead, DEFAULT_MAX_FRAME};
 use bytes::Bytes;
 use conn::CallError;
 use pool::Pool;
 use serde::{de::DeserializeOwned, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,13 +275,13 @@ impl Client {
             trace_id = TraceId::random();
         }
 
-        let mut head = RequestHeadRef {
+        let mut head = RequestHead {
             service,
             endpoint,
             content_type: content_type.as_str(),
             timeout_us: 0,
             trace_id: trace_id.0,
-            metadata: &metadata,
+            metadata: Cow::Borrowed(&metadata),
         };
         let retries = opts.retries.unwrap_or(DEFAULT_RETRIES);
         let mut tried: Vec<String> = Vec::new();
@@ -316,7 +317,7 @@ impl Client {
                 break;
             }
             head.timeout_us = remaining.as_micros().min(u64::MAX as u128) as u64;
-            let request = frame::request_with(0, flags::END_STREAM, head, write_body)?;
+            let request = frame::request_with(0, flags::END_STREAM, &head, write_body)?;
             let outcome = match pool.get(&node.address, remaining).await {
                 Ok(conn) => conn.call(request, deadline).await,
                 Err(e) => Err(e),

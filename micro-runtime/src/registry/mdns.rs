@@ -39,7 +39,7 @@
 mod txt;
 mod wire;
 
-use super::{merge_records, Event, EventKind, Registry, RegistryError, ServiceRecord, Watcher};
+use super::{merge_records, EventKind, Registry, RegistryError, ServiceRecord, Watcher, Watchers};
 use async_trait::async_trait;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use wire::{Message, Name, Question, RData, Record};
 
@@ -204,7 +204,7 @@ struct Shared {
 struct State {
     /// Lower-cased instance label → node.
     nodes: HashMap<String, Entry>,
-    watchers: Vec<(Option<String>, mpsc::Sender<Event>)>,
+    watchers: Watchers,
     /// When to answer the queries received.
     respond_at: Option<Instant>,
     last_query: Option<Instant>,
@@ -232,22 +232,6 @@ impl Entry {
 }
 
 impl State {
-    fn notify(&mut self, kind: EventKind, service: &ServiceRecord) {
-        self.watchers.retain(|(filter, tx)| {
-            if filter.as_deref().is_some_and(|f| f != service.name) {
-                return !tx.is_closed();
-            }
-            // A watcher that cannot keep up loses events rather than stalling the registry.
-            !matches!(
-                tx.try_send(Event {
-                    kind,
-                    service: service.clone()
-                }),
-                Err(mpsc::error::TrySendError::Closed(_))
-            )
-        });
-    }
-
     /// Inserts or refreshes a node; tells watchers of a new node (Create) or a
     /// changed one (Update). A refresh with the same content tells nobody.
     fn upsert(
@@ -291,14 +275,14 @@ impl State {
                 EventKind::Create
             }
         };
-        self.notify(kind, &record);
+        self.watchers.notify(kind, &record);
         true
     }
 
     fn remove(&mut self, key: &str) -> bool {
         match self.nodes.remove(key) {
             Some(e) => {
-                self.notify(EventKind::Delete, &e.record);
+                self.watchers.notify(EventKind::Delete, &e.record);
                 true
             }
             None => false,
@@ -978,14 +962,12 @@ impl Registry for MdnsRegistry {
     }
 
     async fn watch(&self, service: Option<&str>) -> Result<Watcher, RegistryError> {
-        let (tx, rx) = mpsc::channel(256);
         let mut state = self
             .shared()
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        state.watchers.push((service.map(str::to_owned), tx));
-        Ok(rx)
+        Ok(state.watchers.add(service))
     }
 
     fn name(&self) -> &'static str {

@@ -1,11 +1,10 @@
 //! An in-process registry, for tests and single-process programs.
 
-use super::{merge_records, Event, EventKind, Registry, RegistryError, ServiceRecord, Watcher};
+use super::{merge_records, EventKind, Registry, RegistryError, ServiceRecord, Watcher, Watchers};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// How often expired nodes are swept out (and watchers told).
@@ -26,27 +25,11 @@ struct Inner {
 struct State {
     /// (service name, node id) → single-node record and its expiry.
     nodes: HashMap<(String, String), (ServiceRecord, Instant)>,
-    watchers: Vec<(Option<String>, mpsc::Sender<Event>)>,
+    watchers: Watchers,
     sweeper: bool,
 }
 
 impl State {
-    fn notify(&mut self, kind: EventKind, service: &ServiceRecord) {
-        self.watchers.retain(|(filter, tx)| {
-            if filter.as_deref().is_some_and(|f| f != service.name) {
-                return !tx.is_closed();
-            }
-            // A watcher that cannot keep up loses events rather than stalling the registry.
-            !matches!(
-                tx.try_send(Event {
-                    kind,
-                    service: service.clone()
-                }),
-                Err(mpsc::error::TrySendError::Closed(_))
-            )
-        });
-    }
-
     fn sweep(&mut self, now: Instant) {
         let expired: Vec<_> = self
             .nodes
@@ -56,7 +39,7 @@ impl State {
             .collect();
         for key in expired {
             if let Some((rec, _)) = self.nodes.remove(&key) {
-                self.notify(EventKind::Delete, &rec);
+                self.watchers.notify(EventKind::Delete, &rec);
             }
         }
     }
@@ -115,7 +98,7 @@ impl Registry for MemoryRegistry {
                 EventKind::Create
             };
             state.nodes.insert(key, (rec.clone(), expires));
-            state.notify(kind, &rec);
+            state.watchers.notify(kind, &rec);
         }
         Ok(())
     }
@@ -124,7 +107,7 @@ impl Registry for MemoryRegistry {
         let mut state = self.inner.state.lock().unwrap();
         for node in &service.nodes {
             if let Some((rec, _)) = state.nodes.remove(&(service.name.clone(), node.id.clone())) {
-                state.notify(EventKind::Delete, &rec);
+                state.watchers.notify(EventKind::Delete, &rec);
             }
         }
         Ok(())
@@ -139,11 +122,9 @@ impl Registry for MemoryRegistry {
     }
 
     async fn watch(&self, service: Option<&str>) -> Result<Watcher, RegistryError> {
-        let (tx, rx) = mpsc::channel(256);
         let mut state = self.inner.state.lock().unwrap();
         self.start_sweeper(&mut state);
-        state.watchers.push((service.map(str::to_owned), tx));
-        Ok(rx)
+        Ok(state.watchers.add(service))
     }
 
     fn name(&self) -> &'static str {

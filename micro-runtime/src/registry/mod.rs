@@ -136,6 +136,36 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// The watches of a registry, each with its service filter.
+#[derive(Debug, Default)]
+pub(crate) struct Watchers(Vec<(Option<String>, mpsc::Sender<Event>)>);
+
+impl Watchers {
+    /// A new watch of `service` (or of every service).
+    pub(crate) fn add(&mut self, service: Option<&str>) -> Watcher {
+        let (tx, rx) = mpsc::channel(256);
+        self.0.push((service.map(str::to_owned), tx));
+        rx
+    }
+
+    /// Tells every interested watch; drops the watches whose receiver is gone.
+    pub(crate) fn notify(&mut self, kind: EventKind, service: &ServiceRecord) {
+        self.0.retain(|(filter, tx)| {
+            if filter.as_deref().is_some_and(|f| f != service.name) {
+                return !tx.is_closed();
+            }
+            // A watch that cannot keep up loses events rather than stalling the registry.
+            !matches!(
+                tx.try_send(Event {
+                    kind,
+                    service: service.clone()
+                }),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
+    }
+}
+
 /// Merges node lists of records with the same name and version.
 pub(crate) fn merge_records(
     records: impl IntoIterator<Item = ServiceRecord>,

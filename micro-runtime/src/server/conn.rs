@@ -242,7 +242,7 @@ fn spawn_call(shared: &Arc<Shared>, tx: &FrameSender, id: u32, payload: Bytes) -
 async fn dispatch(shared: &Shared, payload: &Bytes) -> Result<Reply> {
     let service = shared.service.as_str();
     // A head that does not decode spoils only this call: the framing is intact.
-    let (head, body) = frame::parse_request_view(payload)
+    let (head, body) = frame::parse_request(payload)
         .map_err(|e| Error::bad_request(service, format!("protocol error: {e}")))?;
     if !head.service.is_empty() && head.service != service {
         return Err(Error::not_found(
@@ -270,7 +270,7 @@ async fn dispatch(shared: &Shared, payload: &Bytes) -> Result<Reply> {
         .then(|| tokio::time::Instant::now() + Duration::from_micros(head.timeout_us));
     let ctx = Context::new(
         deadline.map(|d| d.into_std()),
-        head.metadata,
+        head.metadata.into_owned(),
         Arc::clone(&route.name),
         TraceId(head.trace_id),
     );

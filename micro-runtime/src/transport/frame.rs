@@ -9,6 +9,7 @@
 use crate::error::Error;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The bytes a native client sends first, before any frame.
@@ -149,58 +150,28 @@ pub fn set_stream(frame: &mut [u8], stream: u32) {
     frame[6..HEADER_LEN].copy_from_slice(&stream.to_be_bytes());
 }
 
-/// The head of a request: what to call, how the body is encoded, and the call's context.
+/// The head of a request: what to call, how the body is encoded, and the
+/// call's context. Encoded as a MessagePack array of the fields in this order;
+/// decoding borrows the strings from the frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct RequestHead {
+pub struct RequestHead<'a> {
     /// The service the caller meant.
-    pub service: String,
+    pub service: &'a str,
     /// The endpoint, e.g. `Greeter.Hello`.
-    pub endpoint: String,
+    pub endpoint: &'a str,
     /// The body's content type.
-    pub content_type: String,
+    pub content_type: &'a str,
     /// Time the caller will wait, in microseconds, relative to receipt (0: no deadline).
     pub timeout_us: u64,
     /// The trace id (0: none).
     pub trace_id: u128,
     /// Request metadata.
-    pub metadata: BTreeMap<String, String>,
-}
-
-/// [`RequestHead`] borrowed, for encoding without copying its strings. Both
-/// encode to the same bytes (a MessagePack array of the fields in this order).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct RequestHeadRef<'a> {
-    /// See [`RequestHead::service`].
-    pub service: &'a str,
-    /// See [`RequestHead::endpoint`].
-    pub endpoint: &'a str,
-    /// See [`RequestHead::content_type`].
-    pub content_type: &'a str,
-    /// See [`RequestHead::timeout_us`].
-    pub timeout_us: u64,
-    /// See [`RequestHead::trace_id`].
-    pub trace_id: u128,
-    /// See [`RequestHead::metadata`].
-    pub metadata: &'a BTreeMap<String, String>,
-}
-
-impl RequestHead {
-    /// This head, borrowed.
-    pub fn as_ref(&self) -> RequestHeadRef<'_> {
-        RequestHeadRef {
-            service: &self.service,
-            endpoint: &self.endpoint,
-            content_type: &self.content_type,
-            timeout_us: self.timeout_us,
-            trace_id: self.trace_id,
-            metadata: &self.metadata,
-        }
-    }
+    pub metadata: Cow<'a, BTreeMap<String, String>>,
 }
 
 /// Encodes a request frame, in one buffer: a u32 head length, the head
 /// (MessagePack), the body.
-pub fn request(stream: u32, flags: u8, head: RequestHeadRef<'_>, body: &[u8]) -> Vec<u8> {
+pub fn request(stream: u32, flags: u8, head: &RequestHead<'_>, body: &[u8]) -> Vec<u8> {
     request_with(stream, flags, head, |out| {
         out.extend_from_slice(body);
         Ok(())
@@ -213,12 +184,12 @@ pub fn request(stream: u32, flags: u8, head: RequestHeadRef<'_>, body: &[u8]) ->
 pub fn request_with(
     stream: u32,
     flags: u8,
-    head: RequestHeadRef<'_>,
+    head: &RequestHead<'_>,
     write_body: impl FnOnce(&mut Vec<u8>) -> crate::Result<()>,
 ) -> crate::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(HEADER_LEN + 4 + 128);
     out.extend_from_slice(&[0; HEADER_LEN + 4]);
-    rmp_serde::encode::write(&mut out, &head).expect("request heads always encode");
+    rmp_serde::encode::write(&mut out, head).expect("request heads always encode");
     let head_len = (out.len() - HEADER_LEN - 4) as u32;
     out[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&head_len.to_be_bytes());
     write_body(&mut out)?;
@@ -226,25 +197,8 @@ pub fn request_with(
     Ok(out)
 }
 
-/// A request head decoded in place: the strings borrow from the frame.
-#[derive(Debug, Deserialize)]
-pub struct RequestHeadView<'a> {
-    /// See [`RequestHead::service`].
-    pub service: &'a str,
-    /// See [`RequestHead::endpoint`].
-    pub endpoint: &'a str,
-    /// See [`RequestHead::content_type`].
-    pub content_type: &'a str,
-    /// See [`RequestHead::timeout_us`].
-    pub timeout_us: u64,
-    /// See [`RequestHead::trace_id`].
-    pub trace_id: u128,
-    /// See [`RequestHead::metadata`].
-    pub metadata: BTreeMap<String, String>,
-}
-
 /// Splits a request payload into its head, decoded in place, and its body.
-pub fn parse_request_view(payload: &Bytes) -> Result<(RequestHeadView<'_>, Bytes), ProtocolError> {
+pub fn parse_request(payload: &Bytes) -> Result<(RequestHead<'_>, Bytes), ProtocolError> {
     let (head, body) = split_request(payload)?;
     let head = rmp_serde::from_slice(head)
         .map_err(|_| ProtocolError::Malformed("request head is not valid msgpack"))?;
@@ -358,15 +312,16 @@ mod tests {
 
     #[test]
     fn request_round_trip() {
+        let metadata: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
         let head = RequestHead {
-            service: "greeter".into(),
-            endpoint: "Greeter.Hello".into(),
-            content_type: "application/json".into(),
+            service: "greeter",
+            endpoint: "Greeter.Hello",
+            content_type: "application/json",
             timeout_us: 1500,
             trace_id: u128::MAX - 7,
-            metadata: [("k".to_string(), "v".to_string())].into(),
+            metadata: Cow::Borrowed(&metadata),
         };
-        let buf = request(7, flags::END_STREAM, head.as_ref(), b"{}");
+        let buf = request(7, flags::END_STREAM, &head, b"{}");
         let h = Header::parse(buf[..HEADER_LEN].try_into().unwrap());
         assert_eq!(
             (h.stream, h.flags, h.len),
@@ -374,25 +329,8 @@ mod tests {
         );
         assert_eq!(h.validate(DEFAULT_MAX_FRAME).unwrap(), Kind::Request);
         let payload = Bytes::copy_from_slice(&buf[HEADER_LEN..]);
-        let (back, body) = parse_request_view(&payload).unwrap();
-        assert_eq!(
-            (
-                back.service,
-                back.endpoint,
-                back.content_type,
-                back.timeout_us,
-                back.trace_id,
-                &back.metadata
-            ),
-            (
-                &*head.service,
-                &*head.endpoint,
-                &*head.content_type,
-                head.timeout_us,
-                head.trace_id,
-                &head.metadata
-            )
-        );
+        let (back, body) = parse_request(&payload).unwrap();
+        assert_eq!(back, head);
         assert_eq!(&body[..], b"{}");
     }
 
@@ -414,9 +352,9 @@ mod tests {
 
     #[test]
     fn malformed_request_heads_are_rejected() {
-        assert!(parse_request_view(&Bytes::from_static(&[0, 0])).is_err());
-        assert!(parse_request_view(&Bytes::from_static(&[0, 0, 0, 9, 1])).is_err());
-        assert!(parse_request_view(&Bytes::from_static(&[0, 0, 0, 1, 0xc1])).is_err());
+        assert!(parse_request(&Bytes::from_static(&[0, 0])).is_err());
+        assert!(parse_request(&Bytes::from_static(&[0, 0, 0, 9, 1])).is_err());
+        assert!(parse_request(&Bytes::from_static(&[0, 0, 0, 1, 0xc1])).is_err());
     }
 
     #[test]
