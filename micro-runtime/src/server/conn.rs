@@ -88,16 +88,27 @@ async fn serve_native(
     }
 
     let (tx, writer) = spawn_writer(w);
+    let conn = Arc::new(Conn {
+        shared: Arc::clone(shared),
+        tx,
+    });
     let mut in_flight = InFlight::default();
-    let result = read_loop(shared, &mut r, &tx, &mut in_flight).await;
+    let result = read_loop(&conn, &mut r, &mut in_flight).await;
     // Whatever still runs has no one left to answer to.
     in_flight.cancel_all();
     if let Err(e) = &result {
-        let _ = tx.send(frame::goaway(0, &e.to_error()));
+        let _ = conn.tx.send(frame::goaway(0, &e.to_error()));
     }
-    drop(tx);
+    // The writer ends once the last call holding the connection is gone.
+    drop(conn);
     let _ = writer.await;
     result
+}
+
+/// What the calls of one connection share: one reference each instead of two.
+struct Conn {
+    shared: Arc<Shared>,
+    tx: FrameSender,
 }
 
 /// What the first bytes of a connection say it speaks.
@@ -134,11 +145,11 @@ async fn sniff(r: &mut FrameReader<OwnedReadHalf>) -> std::io::Result<Sniff> {
 }
 
 async fn read_loop(
-    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
     r: &mut FrameReader<OwnedReadHalf>,
-    tx: &FrameSender,
     in_flight: &mut InFlight,
 ) -> std::result::Result<(), ProtocolError> {
+    let (shared, tx) = (&conn.shared, &conn.tx);
     let mut last_stream = 0u32;
     let mut draining = false;
     // Made once: a fresh `cancelled()` per frame would register and drop a waiter each time.
@@ -174,7 +185,7 @@ async fn read_loop(
                     let _ = tx.send(error_frame(f.stream, &e, flags::REFUSED));
                     continue;
                 }
-                let task = spawn_call(shared, tx, f.stream, f.payload);
+                let task = spawn_call(conn, f.stream, f.payload);
                 in_flight.insert(f.stream, task);
             }
             Kind::Cancel => {
@@ -219,19 +230,22 @@ async fn until_deadline<F: Future>(fut: F, deadline: tokio::time::Instant) -> Op
 }
 
 /// Runs a call on its own task; the reply goes to the connection's writer.
-fn spawn_call(shared: &Arc<Shared>, tx: &FrameSender, id: u32, payload: Bytes) -> AbortHandle {
-    let task_shared = Arc::clone(shared);
-    let tx = tx.clone();
-    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-    let task = shared.tracker.spawn(async move {
-        let reply = match dispatch(&task_shared, &payload).await {
+fn spawn_call(conn: &Arc<Conn>, id: u32, payload: Bytes) -> AbortHandle {
+    let task_conn = Arc::clone(conn);
+    conn.shared
+        .counters
+        .requests
+        .fetch_add(1, Ordering::Relaxed);
+    let task = conn.shared.tracker.spawn(async move {
+        let shared = &task_conn.shared;
+        let reply = match dispatch(shared, &payload).await {
             Ok(reply) => reply.into_frame(Kind::Response, flags::END_STREAM, id),
             Err(e) => {
-                task_shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                 error_frame(id, &e, 0)
             }
         };
-        let _ = tx.send(reply);
+        let _ = task_conn.tx.send(reply);
     });
     task.abort_handle()
 }
