@@ -5,7 +5,7 @@ use crate::transport::frame::{self, flags, Kind, PREFACE};
 use crate::transport::{spawn_writer, FrameReader, FrameSender, ReadError};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -38,6 +38,8 @@ pub(crate) struct Connection {
 struct Inner {
     tx: FrameSender,
     pending: Mutex<Pending>,
+    /// `pending.len()`, readable without the lock (by the writer).
+    waiting: Arc<AtomicUsize>,
     next_id: AtomicU32,
     /// Set when the connection broke or the server said go-away: no new calls.
     closed: AtomicBool,
@@ -60,10 +62,14 @@ impl Connection {
         w.write_all(PREFACE)
             .await
             .map_err(|e| CallError::Lost(format!("write to {addr}: {e}")))?;
-        let (tx, _writer) = spawn_writer(w);
+        // Other calls waiting for replies will send again soon.
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::clone(&waiting);
+        let (tx, _writer) = spawn_writer(w, move || busy.load(Ordering::Relaxed) > 1);
         let inner = Arc::new(Inner {
             tx,
             pending: Mutex::new(HashMap::new()),
+            waiting,
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             max_frame,
@@ -116,6 +122,7 @@ impl Connection {
                 return Err(CallError::Lost("connection closed".into()));
             }
             pending.insert(id, tx);
+            inner.waiting.store(pending.len(), Ordering::Relaxed);
             id
         };
         // From here on, dropping this future (the caller gave up) cancels the call on the server.
@@ -169,7 +176,12 @@ async fn read_loop(
         match r.next().await {
             Ok(Some(f)) => match f.kind {
                 Kind::Response => {
-                    let waiter = inner.pending.lock().unwrap().remove(&f.stream);
+                    let waiter = {
+                        let mut pending = inner.pending.lock().unwrap();
+                        let waiter = pending.remove(&f.stream);
+                        inner.waiting.store(pending.len(), Ordering::Relaxed);
+                        waiter
+                    };
                     let Some(waiter) = waiter else { continue };
                     let outcome = if f.flags & flags::ERROR == 0 {
                         Ok(Ok(f.payload))

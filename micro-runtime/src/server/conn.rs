@@ -87,7 +87,9 @@ async fn serve_native(
         _ => return Ok(()),
     }
 
-    let (tx, writer) = spawn_writer(w);
+    // Other calls still running will have replies to send soon.
+    let tracker = shared.tracker.clone();
+    let (tx, writer) = spawn_writer(w, move || !tracker.is_empty());
     let conn = Arc::new(Conn {
         shared: Arc::clone(shared),
         tx,
