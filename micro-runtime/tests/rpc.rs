@@ -2,6 +2,8 @@
 //! in-memory registry (the macro-generated path is tested in the `micro` crate).
 
 use micro_runtime::server::{unary, EndpointDef, Handler, Route};
+use micro_runtime::transport::frame::{self, flags, Frame, RequestHead};
+use micro_runtime::transport::FrameReader;
 use micro_runtime::{
     CallOptions, Client, ContentType, Context, Error, MemoryRegistry, Registry, Service,
 };
@@ -425,6 +427,23 @@ async fn bad_bytes_close_only_that_connection() {
     svc.stop().await.unwrap();
 }
 
+/// Sends one request on a connection of its own, without any client logic
+/// (no cancel, no deadline of its own), and reads the first frame back.
+async fn raw_call(addr: std::net::SocketAddr, head: &RequestHead<'_>, body: &[u8]) -> Frame {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut bytes = frame::PREFACE.to_vec();
+    bytes.extend(frame::request(1, flags::END_STREAM, head, body));
+    s.write_all(&bytes).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        FrameReader::new(&mut s, 1 << 20).next(),
+    )
+    .await
+    .expect("the server answers")
+    .unwrap()
+    .unwrap()
+}
+
 #[tokio::test]
 async fn malformed_bodies_and_unknown_content_types_get_clear_errors() {
     let reg = MemoryRegistry::new();
@@ -451,24 +470,13 @@ async fn malformed_bodies_and_unknown_content_types_get_clear_errors() {
     assert!(e.detail.contains("malformed msgpack"), "{e}");
 
     // A content type micro does not speak, sent by hand on a raw connection.
-    use micro_runtime::transport::frame::{self, flags, RequestHead};
-    let mut s = tokio::net::TcpStream::connect(svc.local_addr())
-        .await
-        .unwrap();
     let head = RequestHead {
         service: "svc",
         endpoint: "Svc.Hello",
         content_type: "text/plain",
         ..Default::default()
     };
-    let mut bytes = frame::PREFACE.to_vec();
-    bytes.extend(frame::request(1, flags::END_STREAM, &head, b"hi"));
-    s.write_all(&bytes).await.unwrap();
-    let f = micro_runtime::transport::FrameReader::new(&mut s, 1 << 20)
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
+    let f = raw_call(svc.local_addr(), &head, b"hi").await;
     assert_eq!(f.stream, 1);
     assert_ne!(f.flags & flags::ERROR, 0);
     let e = frame::decode_error(&f.payload);
@@ -496,13 +504,9 @@ async fn malformed_bodies_and_unknown_content_types_get_clear_errors() {
 
 #[tokio::test]
 async fn the_server_enforces_the_deadline_on_its_own() {
-    use micro_runtime::transport::frame::{self, flags, RequestHead};
     let reg = MemoryRegistry::new();
     let (svc, probe) = start(&reg).await;
     // A hand-made client that never sends a cancel: only the server's own timer can stop the call.
-    let mut s = tokio::net::TcpStream::connect(svc.local_addr())
-        .await
-        .unwrap();
     let head = RequestHead {
         service: "svc",
         endpoint: "Svc.Slow",
@@ -510,17 +514,7 @@ async fn the_server_enforces_the_deadline_on_its_own() {
         timeout_us: 50_000,
         ..Default::default()
     };
-    let mut bytes = frame::PREFACE.to_vec();
-    bytes.extend(frame::request(1, flags::END_STREAM, &head, b"60000"));
-    s.write_all(&bytes).await.unwrap();
-    let reply = tokio::time::timeout(
-        Duration::from_secs(5),
-        micro_runtime::transport::FrameReader::new(&mut s, 1 << 20).next(),
-    )
-    .await
-    .expect("the server answers by itself")
-    .unwrap()
-    .unwrap();
+    let reply = raw_call(svc.local_addr(), &head, b"60000").await;
     let e = frame::decode_error(&reply.payload);
     assert_eq!(e.code, 408, "{e}");
     assert!(e.detail.contains("Svc.Slow"), "{e}");

@@ -302,8 +302,8 @@ impl State {
 
 impl MdnsRegistry {
     /// Opens the socket on the selected interfaces, starts the background
-    /// task (on the current tokio runtime, or on a small runtime of its own
-    /// when called outside one) and queries for the services already there.
+    /// task on the current tokio runtime (outside one this is an error) and
+    /// queries for the services already there.
     pub fn new(options: MdnsOptions) -> Result<Self, RegistryError> {
         let ifaces = resolve_interfaces(&options.interfaces)?;
         let loopback_only = ifaces.iter().all(|(_, ip)| ip.is_loopback());
@@ -437,27 +437,14 @@ fn open_socket(
     Ok(sock.into())
 }
 
-/// The current tokio runtime, or a one-thread runtime of the registry's own.
+/// The current tokio runtime: the registry's task runs there (micro never
+/// starts a runtime of its own).
 fn runtime_handle() -> Result<tokio::runtime::Handle, RegistryError> {
-    if let Ok(h) = tokio::runtime::Handle::try_current() {
-        return Ok(h);
-    }
-    static OWN: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
-    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(h) = own.as_ref() {
-        return Ok(h.clone());
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(unavailable)?;
-    let handle = rt.handle().clone();
-    std::thread::Builder::new()
-        .name("micro-mdns".into())
-        .spawn(move || rt.block_on(std::future::pending::<()>()))
-        .map_err(unavailable)?;
-    *own = Some(handle.clone());
-    Ok(handle)
+    tokio::runtime::Handle::try_current().map_err(|_| {
+        unavailable(
+            "the mDNS registry must be created inside a tokio runtime (e.g. in #[micro::main])",
+        )
+    })
 }
 
 /// The DNS label of a node's instance: its id, shortened (with a hash, to stay
@@ -1100,17 +1087,8 @@ mod tests {
     }
 
     #[test]
-    fn works_outside_a_runtime() {
-        let r = MdnsRegistry::new(options()).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            r.register(&record("a", "n1", 1), Duration::from_secs(5))
-                .await
-                .unwrap();
-            assert_eq!(r.get_service("a").await.unwrap().len(), 1);
-        });
+    fn outside_a_runtime_is_a_clear_error() {
+        let e = MdnsRegistry::new(options()).unwrap_err();
+        assert!(e.to_string().contains("inside a tokio runtime"), "{e}");
     }
 }
