@@ -26,7 +26,39 @@ pub(crate) enum CallError {
 }
 
 type Reply = Result<Bytes, Error>;
-type Pending = HashMap<u32, oneshot::Sender<Result<Reply, CallError>>>;
+type Waiter = oneshot::Sender<Result<Reply, CallError>>;
+
+/// The calls awaiting replies, with their count mirrored where the writer
+/// can read it without the lock. Every change goes through here, so the
+/// count cannot drift from the map.
+#[derive(Debug)]
+struct Pending {
+    calls: HashMap<u32, Waiter>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Pending {
+    fn insert(&mut self, id: u32, waiter: Waiter) {
+        self.calls.insert(id, waiter);
+        self.count.store(self.calls.len(), Ordering::Relaxed);
+    }
+
+    fn remove(&mut self, id: u32) -> Option<Waiter> {
+        let waiter = self.calls.remove(&id);
+        self.count.store(self.calls.len(), Ordering::Relaxed);
+        waiter
+    }
+
+    /// Removes the calls whose id satisfies `which`.
+    fn remove_where(&mut self, which: impl Fn(u32) -> bool) -> Vec<Waiter> {
+        let ids: Vec<u32> = self.calls.keys().copied().filter(|id| which(*id)).collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+}
 
 /// A connection shared by every call to one address.
 #[derive(Debug, Clone)]
@@ -38,8 +70,6 @@ pub(crate) struct Connection {
 struct Inner {
     tx: FrameSender,
     pending: Mutex<Pending>,
-    /// `pending.len()`, readable without the lock (by the writer).
-    waiting: Arc<AtomicUsize>,
     next_id: AtomicU32,
     /// Set when the connection broke or the server said go-away: no new calls.
     closed: AtomicBool,
@@ -68,8 +98,10 @@ impl Connection {
         let (tx, _writer) = spawn_writer(w, move || busy.load(Ordering::Relaxed) > 1);
         let inner = Arc::new(Inner {
             tx,
-            pending: Mutex::new(HashMap::new()),
-            waiting,
+            pending: Mutex::new(Pending {
+                calls: HashMap::new(),
+                count: waiting,
+            }),
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
             max_frame,
@@ -122,7 +154,6 @@ impl Connection {
                 return Err(CallError::Lost("connection closed".into()));
             }
             pending.insert(id, tx);
-            inner.waiting.store(pending.len(), Ordering::Relaxed);
             id
         };
         // From here on, dropping this future (the caller gave up) cancels the call on the server.
@@ -150,15 +181,7 @@ struct CancelOnDrop<'a> {
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        if self.armed
-            && self
-                .inner
-                .pending
-                .lock()
-                .unwrap()
-                .remove(&self.id)
-                .is_some()
-        {
+        if self.armed && self.inner.pending.lock().unwrap().remove(self.id).is_some() {
             let _ = self
                 .inner
                 .tx
@@ -176,12 +199,7 @@ async fn read_loop(
         match r.next().await {
             Ok(Some(f)) => match f.kind {
                 Kind::Response => {
-                    let waiter = {
-                        let mut pending = inner.pending.lock().unwrap();
-                        let waiter = pending.remove(&f.stream);
-                        inner.waiting.store(pending.len(), Ordering::Relaxed);
-                        waiter
-                    };
+                    let waiter = inner.pending.lock().unwrap().remove(f.stream);
                     let Some(waiter) = waiter else { continue };
                     let outcome = if f.flags & flags::ERROR == 0 {
                         Ok(Ok(f.payload))
@@ -207,12 +225,8 @@ async fn read_loop(
                     inner.closed.store(true, Ordering::Release);
                     tracing::debug!(%addr, last, %reason, "go-away");
                     let mut pending = inner.pending.lock().unwrap();
-                    let refused: Vec<u32> =
-                        pending.keys().copied().filter(|id| *id > last).collect();
-                    for id in refused {
-                        if let Some(w) = pending.remove(&id) {
-                            let _ = w.send(Err(CallError::Refused(reason.clone())));
-                        }
+                    for w in pending.remove_where(|id| id > last) {
+                        let _ = w.send(Err(CallError::Refused(reason.clone())));
                     }
                     if pending.is_empty() && reason.code != 503 {
                         break format!("go-away from {addr}: {reason}");
@@ -226,8 +240,8 @@ async fn read_loop(
         }
     };
     inner.closed.store(true, Ordering::Release);
-    let pending: Vec<_> = inner.pending.lock().unwrap().drain().collect();
-    for (_, w) in pending {
+    let pending = inner.pending.lock().unwrap().remove_where(|_| true);
+    for w in pending {
         let _ = w.send(Err(CallError::Lost(reason.clone())));
     }
 }
