@@ -12,6 +12,7 @@ pub mod registry;
 pub mod selector;
 pub mod server;
 pub mod service;
+pub mod stream;
 pub mod transport;
 
 pub use client::{CallOptions, Client, ClientBuilder, ServiceClient};
@@ -21,4 +22,5 @@ pub use error::{Error, Result};
 pub use registry::{MdnsOptions, MdnsRegistry, MemoryRegistry, Registry};
 pub use selector::Strategy;
 pub use server::{Handler, Health, Stats};
+pub use stream::{StreamSender, Streaming};
 pub use service::{shutdown_signal, RunningService, Service};

@@ -59,14 +59,18 @@ pub use tokio;
 /// The names most programs need.
 pub mod prelude {
     pub use crate::{handler, message, service};
-    pub use micro_runtime::{Client, Context, Error, Result, Service};
+    pub use micro_runtime::stream::StreamExt;
+    pub use micro_runtime::{Client, Context, Error, Result, Service, StreamSender, Streaming};
 }
 
 /// What generated code refers to. Not public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
     pub use micro_runtime::client::{CallOptions, Client, ServiceClient};
-    pub use micro_runtime::server::{unary, EndpointDef, Handler, Route};
+    pub use micro_runtime::server::{
+        bidi_streaming, client_streaming, server_streaming, unary, EndpointDef, Handler, Route,
+    };
+    pub use micro_runtime::stream::Streaming;
     pub use micro_runtime::{Error, Result};
     pub use serde;
     pub use tokio;

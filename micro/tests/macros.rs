@@ -62,12 +62,19 @@ fn route<'a>(routes: &'a [Route], name: &str) -> &'a Route {
         .unwrap_or_else(|| panic!("no route {name}"))
 }
 
+fn unary_fn(route: &Route) -> &micro::server::UnaryFn {
+    match &route.call {
+        micro::server::Call::Unary(f) => f,
+        other => panic!("{} is not unary: {other:?}", route.name),
+    }
+}
+
 async fn call_json(routes: &[Route], name: &str, body: &str) -> micro::Result<String> {
     let request = Request {
         content_type: ContentType::Json,
         body: body.as_bytes().to_vec().into(),
     };
-    let reply = (route(routes, name).call)(request).await?;
+    let reply = unary_fn(route(routes, name))(request).await?;
     Ok(String::from_utf8(reply.body().to_vec()).unwrap())
 }
 
@@ -103,7 +110,9 @@ async fn msgpack_round_trip() {
         content_type: ContentType::MsgPack,
         body: body.into(),
     };
-    let reply = (route(&routes, "Geo.Mirror").call)(request).await.unwrap();
+    let reply = unary_fn(route(&routes, "Geo.Mirror"))(request)
+        .await
+        .unwrap();
     let point: Point = ContentType::MsgPack.decode(reply.body()).unwrap();
     assert_eq!(point, Point { x: -5, y: -6 });
 }

@@ -1,6 +1,7 @@
 //! One multiplexed client connection to a node.
 
 use crate::error::Error;
+use crate::stream::{self, Credit, Inbound, Receiving};
 use crate::transport::frame::{self, flags, Kind, PREFACE};
 use crate::transport::{spawn_writer, FrameReader, FrameSender, ReadError};
 use bytes::Bytes;
@@ -12,6 +13,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+impl CallError {
+    /// The error a stream already open ends with.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            CallError::Lost(why) => Error::unavailable("micro.client", why),
+            CallError::Refused(e) => e,
+            CallError::Timeout => Error::timeout("micro.client", "the stream timed out"),
+        }
+    }
+}
 
 /// How a call on a connection failed without an answer from the handler.
 #[derive(Debug)]
@@ -28,29 +40,70 @@ pub(crate) enum CallError {
 type Reply = Result<Bytes, Error>;
 type Waiter = oneshot::Sender<Result<Reply, CallError>>;
 
+/// What waits on one stream id of a connection.
+#[derive(Debug)]
+enum Slot {
+    /// A unary call: its reply.
+    Call(Waiter),
+    /// A stream: the opening reply (or the one reply of client streaming),
+    /// then the server's items and credit.
+    Stream {
+        opened: Option<Waiter>,
+        receiving: Receiving,
+        credit: Arc<Credit>,
+    },
+}
+
+impl Slot {
+    /// The call cannot go on: tell whoever waits.
+    fn fail(self, why: CallError) {
+        match self {
+            Slot::Call(w) => {
+                let _ = w.send(Err(why));
+            }
+            Slot::Stream {
+                opened,
+                receiving,
+                credit,
+            } => {
+                credit.close();
+                match opened {
+                    Some(w) => {
+                        let _ = w.send(Err(why));
+                    }
+                    None => receiving.fail(why.into_error()),
+                }
+            }
+        }
+    }
+}
+
 /// The calls awaiting replies, with their count mirrored where the writer
 /// can read it without the lock. Every change goes through here, so the
 /// count cannot drift from the map.
 #[derive(Debug)]
 struct Pending {
-    calls: HashMap<u32, Waiter>,
+    calls: HashMap<u32, Slot>,
     count: Arc<AtomicUsize>,
 }
 
 impl Pending {
-    fn insert(&mut self, id: u32, waiter: Waiter) {
-        self.calls.insert(id, waiter);
+    fn insert(&mut self, id: u32, slot: Slot) {
+        self.calls.insert(id, slot);
         self.count.store(self.calls.len(), Ordering::Relaxed);
     }
 
-    fn remove(&mut self, id: u32) -> Option<Waiter> {
-        let waiter = self.calls.remove(&id);
+    fn remove(&mut self, id: u32) -> Option<Slot> {
+        let slot = self.calls.remove(&id);
+        if let Some(Slot::Stream { credit, .. }) = &slot {
+            credit.close();
+        }
         self.count.store(self.calls.len(), Ordering::Relaxed);
-        waiter
+        slot
     }
 
     /// Removes the calls whose id satisfies `which`.
-    fn remove_where(&mut self, which: impl Fn(u32) -> bool) -> Vec<Waiter> {
+    fn remove_where(&mut self, which: impl Fn(u32) -> bool) -> Vec<Slot> {
         let ids: Vec<u32> = self.calls.keys().copied().filter(|id| which(*id)).collect();
         ids.into_iter().filter_map(|id| self.remove(id)).collect()
     }
@@ -126,15 +179,8 @@ impl Connection {
         deadline: Instant,
     ) -> Result<Reply, CallError> {
         let inner = &self.inner;
-        if request.len() - frame::HEADER_LEN > inner.max_frame {
-            return Ok(Err(Error::payload_too_large(
-                "micro.client",
-                format!(
-                    "request of {} bytes exceeds the frame limit of {} bytes",
-                    request.len(),
-                    inner.max_frame
-                ),
-            )));
+        if let Some(e) = too_large(&request, inner.max_frame) {
+            return Ok(Err(e));
         }
         let (tx, rx) = oneshot::channel();
         let id = {
@@ -153,7 +199,7 @@ impl Connection {
             if inner.tx.send(request).is_err() {
                 return Err(CallError::Lost("connection closed".into()));
             }
-            pending.insert(id, tx);
+            pending.insert(id, Slot::Call(tx));
             id
         };
         // From here on, dropping this future (the caller gave up) cancels the call on the server.
@@ -172,6 +218,98 @@ impl Connection {
     }
 }
 
+/// A stream just opened on a connection: the opening reply to wait for, the
+/// server's items, and what the client's own items need.
+#[derive(Debug)]
+pub(crate) struct OpenStream {
+    pub(crate) id: u32,
+    /// Resolves with the opening `RESPONSE` (or the one reply of client streaming).
+    pub(crate) opened: oneshot::Receiver<Result<Reply, CallError>>,
+    /// The server's items; dropping it before the end cancels the call.
+    pub(crate) inbound: Inbound,
+    /// The window for the client's items.
+    pub(crate) credit: Arc<Credit>,
+    pub(crate) frames: FrameSender,
+}
+
+impl Connection {
+    /// Opens a stream with `request` (a `REQUEST` frame without
+    /// `END_STREAM`). Unless `client_sends`, the client's side ends at once.
+    pub(crate) fn open_stream(
+        &self,
+        mut request: Vec<u8>,
+        client_sends: bool,
+        idle: Duration,
+    ) -> Result<Result<OpenStream, Error>, CallError> {
+        let inner = &self.inner;
+        if let Some(e) = too_large(&request, inner.max_frame) {
+            return Ok(Err(e));
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut pending = inner.pending.lock().unwrap();
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(CallError::Lost("connection closed".into()));
+        }
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if id >= u32::MAX - 1 {
+            inner.closed.store(true, Ordering::Release);
+        }
+        frame::set_stream(&mut request, id);
+        if inner.tx.send(request).is_err() {
+            return Err(CallError::Lost("connection closed".into()));
+        }
+        if !client_sends {
+            let _ = inner
+                .tx
+                .send(frame::frame(Kind::Data, flags::END_STREAM, id, &[]));
+        }
+        let abandon = Arc::clone(inner);
+        let (receiving, inbound) = Receiving::new(
+            inner.tx.clone(),
+            id,
+            idle,
+            inner.max_frame,
+            Some(Box::new(move || abandon.cancel(id))),
+        );
+        let credit = Arc::new(Credit::new(stream::WINDOW));
+        pending.insert(
+            id,
+            Slot::Stream {
+                opened: Some(tx),
+                receiving,
+                credit: Arc::clone(&credit),
+            },
+        );
+        Ok(Ok(OpenStream {
+            id,
+            opened: rx,
+            inbound,
+            credit,
+            frames: inner.tx.clone(),
+        }))
+    }
+}
+
+impl Inner {
+    /// Abandons call `id`: the server cancels its handler.
+    fn cancel(&self, id: u32) {
+        if self.pending.lock().unwrap().remove(id).is_some() {
+            let _ = self.tx.send(frame::frame(Kind::Cancel, 0, id, &[]));
+        }
+    }
+}
+
+/// The error for a request over the frame limit.
+fn too_large(request: &[u8], max_frame: usize) -> Option<Error> {
+    let len = request.len() - frame::HEADER_LEN;
+    (len > max_frame).then(|| {
+        Error::payload_too_large(
+            "micro.client",
+            format!("request of {len} bytes exceeds the frame limit of {max_frame} bytes"),
+        )
+    })
+}
+
 /// Sends a cancel frame for a call abandoned before its reply.
 struct CancelOnDrop<'a> {
     inner: &'a Inner,
@@ -181,11 +319,8 @@ struct CancelOnDrop<'a> {
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        if self.armed && self.inner.pending.lock().unwrap().remove(self.id).is_some() {
-            let _ = self
-                .inner
-                .tx
-                .send(frame::frame(Kind::Cancel, 0, self.id, &[]));
+        if self.armed {
+            self.inner.cancel(self.id);
         }
     }
 }
@@ -199,8 +334,8 @@ async fn read_loop(
         match r.next().await {
             Ok(Some(f)) => match f.kind {
                 Kind::Response => {
-                    let waiter = inner.pending.lock().unwrap().remove(f.stream);
-                    let Some(waiter) = waiter else { continue };
+                    let mut pending = inner.pending.lock().unwrap();
+                    let end = f.flags & flags::END_STREAM != 0;
                     let outcome = if f.flags & flags::ERROR == 0 {
                         Ok(Ok(f.payload))
                     } else {
@@ -211,7 +346,53 @@ async fn read_loop(
                             Ok(Err(e))
                         }
                     };
-                    let _ = waiter.send(outcome);
+                    let waiter = match pending.calls.get_mut(&f.stream) {
+                        Some(Slot::Stream { opened, .. }) if !end => opened.take(),
+                        Some(_) => match pending.remove(f.stream) {
+                            Some(Slot::Call(w)) => Some(w),
+                            Some(Slot::Stream {
+                                opened, receiving, ..
+                            }) => {
+                                if opened.is_none() {
+                                    // An answer after the opening can only end the stream.
+                                    if let Ok(Err(e)) = outcome {
+                                        receiving.fail(e);
+                                    }
+                                    continue;
+                                }
+                                opened
+                            }
+                            None => None,
+                        },
+                        None => None,
+                    };
+                    drop(pending);
+                    if let Some(w) = waiter {
+                        let _ = w.send(outcome);
+                    }
+                }
+                Kind::Data => {
+                    let mut pending = inner.pending.lock().unwrap();
+                    if let Some(Slot::Stream { receiving, .. }) = pending.calls.get(&f.stream) {
+                        match receiving.data(f.flags, f.payload) {
+                            Ok(false) => {}
+                            Ok(true) => {
+                                pending.remove(f.stream);
+                            }
+                            Err(e) => break format!("protocol error from {addr}: {e}"),
+                        }
+                    }
+                }
+                Kind::Credit => {
+                    let Some(grant) = stream::parse_credit(&f.payload) else {
+                        break format!(
+                            "protocol error from {addr}: credit frame shorter than 4 bytes"
+                        );
+                    };
+                    let pending = inner.pending.lock().unwrap();
+                    if let Some(Slot::Stream { credit, .. }) = pending.calls.get(&f.stream) {
+                        credit.grant(grant);
+                    }
                 }
                 Kind::Ping if f.flags & flags::ACK == 0 => {
                     let _ = inner
@@ -225,8 +406,8 @@ async fn read_loop(
                     inner.closed.store(true, Ordering::Release);
                     tracing::debug!(%addr, last, %reason, "go-away");
                     let mut pending = inner.pending.lock().unwrap();
-                    for w in pending.remove_where(|id| id > last) {
-                        let _ = w.send(Err(CallError::Refused(reason.clone())));
+                    for slot in pending.remove_where(|id| id > last) {
+                        slot.fail(CallError::Refused(reason.clone()));
                     }
                     if pending.is_empty() && reason.code != 503 {
                         break format!("go-away from {addr}: {reason}");
@@ -241,7 +422,7 @@ async fn read_loop(
     };
     inner.closed.store(true, Ordering::Release);
     let pending = inner.pending.lock().unwrap().remove_where(|_| true);
-    for w in pending {
-        let _ = w.send(Err(CallError::Lost(reason.clone())));
+    for slot in pending {
+        slot.fail(CallError::Lost(reason.clone()));
     }
 }

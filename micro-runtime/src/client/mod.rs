@@ -11,8 +11,9 @@ mod pool;
 use crate::codec::ContentType;
 use crate::context::{Context, Metadata, TraceId, TRACE_ID_KEY};
 use crate::error::{Error, Result};
-use crate::registry::{cache::Cache, Registry};
+use crate::registry::{cache::Cache, Node, Registry};
 use crate::selector::{Selector, Strategy};
+use crate::stream::{self, Inbound, Outbound, Streaming};
 use crate::transport::frame::{self, flags, RequestHead, DEFAULT_MAX_FRAME};
 use bytes::Bytes;
 use conn::CallError;
@@ -40,6 +41,9 @@ pub struct CallOptions {
     pub content_type: Option<ContentType>,
     /// Retries on connection failures.
     pub retries: Option<usize>,
+    /// How long a stream may wait for its next item (streams ignore `timeout`
+    /// once open). Default: `MICRO_STREAM_IDLE_TIMEOUT`, else 5 minutes.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl CallOptions {
@@ -67,6 +71,11 @@ impl CallOptions {
         self.retries = Some(n);
         self
     }
+    /// Sets the idle timeout of streams.
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = Some(t);
+        self
+    }
     fn merge(&self, over: &CallOptions) -> CallOptions {
         let mut metadata = self.metadata.clone();
         metadata.extend(over.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -75,6 +84,7 @@ impl CallOptions {
             metadata,
             content_type: over.content_type.or(self.content_type),
             retries: over.retries.or(self.retries),
+            idle_timeout: over.idle_timeout.or(self.idle_timeout),
         }
     }
 }
@@ -175,6 +185,10 @@ impl ClientBuilder {
                     metadata: Metadata::new(),
                     content_type: self.content_type,
                     retries: Some(retries),
+                    idle_timeout: Some(
+                        crate::env::duration("MICRO_STREAM_IDLE_TIMEOUT")?
+                            .unwrap_or(crate::stream::DEFAULT_IDLE_TIMEOUT),
+                    ),
                 },
             }),
         })
@@ -219,12 +233,83 @@ impl Client {
         let reply = self
             .call_merged(service, endpoint, ct, &|out| ct.encode_into(out, req), opts)
             .await?;
-        ct.decode(&reply).map_err(|e| {
-            Error::internal(
-                "micro.client",
-                format!("undecodable reply from {endpoint}: {}", e.detail),
-            )
-        })
+        decode_reply(ct, endpoint, &reply)
+    }
+
+    /// Opens a server-streaming call: one request, a stream of replies. The
+    /// call's timeout bounds the opening; after that the stream's idle
+    /// timeout applies between items. Dropping the stream cancels the call.
+    pub async fn server_stream<Req, Resp>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        req: &Req,
+        opts: &CallOptions,
+    ) -> Result<Streaming<Resp>>
+    where
+        Req: Serialize + Sync + ?Sized,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let opts = self.inner.defaults.merge(opts);
+        let ct = opts.content_type.unwrap_or_default();
+        let write_body = |out: &mut Vec<u8>| ct.encode_into(out, req);
+        match self
+            .open(service, endpoint, ct, &write_body, opts, None, true)
+            .await?
+        {
+            Opened::Stream(inbound) => Ok(Streaming::decode(inbound, ct)),
+            Opened::Reply(_) => unreachable!("a stream was asked for"),
+        }
+    }
+
+    /// Makes a client-streaming call: sends every item of `items` (as fast as
+    /// the server's credit allows), then waits for the one reply.
+    pub async fn client_stream<Req, Resp>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        items: Streaming<Req>,
+        opts: &CallOptions,
+    ) -> Result<Resp>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned,
+    {
+        let opts = self.inner.defaults.merge(opts);
+        let ct = opts.content_type.unwrap_or_default();
+        let items = Some(stream::encode(items, ct));
+        match self
+            .open(service, endpoint, ct, &|_| Ok(()), opts, items, false)
+            .await?
+        {
+            Opened::Reply(body) => decode_reply(ct, endpoint, &body),
+            Opened::Stream(_) => unreachable!("a reply was asked for"),
+        }
+    }
+
+    /// Opens a bidirectional call: `items` go out while the returned stream
+    /// brings the replies in. Dropping the returned stream cancels the call.
+    pub async fn bidi_stream<Req, Resp>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        items: Streaming<Req>,
+        opts: &CallOptions,
+    ) -> Result<Streaming<Resp>>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let opts = self.inner.defaults.merge(opts);
+        let ct = opts.content_type.unwrap_or_default();
+        let items = Some(stream::encode(items, ct));
+        match self
+            .open(service, endpoint, ct, &|_| Ok(()), opts, items, true)
+            .await?
+        {
+            Opened::Stream(inbound) => Ok(Streaming::decode(inbound, ct)),
+            Opened::Reply(_) => unreachable!("a stream was asked for"),
+        }
     }
 
     /// Calls with an already encoded body; returns the encoded reply.
@@ -253,9 +338,136 @@ impl Client {
         write_body: &(dyn Fn(&mut Vec<u8>) -> Result<()> + Sync),
         opts: CallOptions,
     ) -> Result<Bytes> {
-        let now = Instant::now();
-        let mut deadline = now + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        // A call made while serving another carries its deadline, metadata and trace id on.
+        let (deadline, metadata, trace_id) = self.prepare(&opts)?;
+        let mut head = RequestHead {
+            service,
+            endpoint,
+            content_type: content_type.as_str(),
+            timeout_us: 0,
+            trace_id: trace_id.0,
+            metadata: Cow::Borrowed(&metadata),
+        };
+        let mut attempts = Attempts::default();
+        for _attempt in 0..=opts.retries.unwrap_or(DEFAULT_RETRIES) {
+            let node = self.pick(service, &attempts.tried).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            head.timeout_us = remaining.as_micros().min(u64::MAX as u128) as u64;
+            let request = frame::request_with(0, flags::END_STREAM, &head, write_body)?;
+            let pool = &self.inner.pool;
+            let outcome = match pool.get(&node.address, remaining).await {
+                Ok(conn) => conn.call(request, deadline).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(reply) => return reply,
+                Err(CallError::Timeout) => break,
+                Err(e) => attempts.failed(pool, &node, e),
+            }
+        }
+        Err(attempts.give_up(service, endpoint, deadline, &opts))
+    }
+
+    /// Opens a stream: `items` are the client's (client and bidirectional
+    /// streaming); `expect_stream` says whether the server answers with a
+    /// stream or one reply. A stream is retried on another node only while
+    /// nothing of it can have been consumed: when the connection fails, or
+    /// (server streaming) when the server refuses or loses it before opening.
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        &self,
+        service: &str,
+        endpoint: &str,
+        content_type: ContentType,
+        write_body: &(dyn Fn(&mut Vec<u8>) -> Result<()> + Sync),
+        opts: CallOptions,
+        mut items: Option<Outbound>,
+        expect_stream: bool,
+    ) -> Result<Opened> {
+        let (deadline, metadata, trace_id) = self.prepare(&opts)?;
+        // A stream has no deadline on the server; the idle timeout bounds its waits.
+        let head = RequestHead {
+            service,
+            endpoint,
+            content_type: content_type.as_str(),
+            timeout_us: 0,
+            trace_id: trace_id.0,
+            metadata: Cow::Borrowed(&metadata),
+        };
+        let idle = opts
+            .idle_timeout
+            .unwrap_or(crate::stream::DEFAULT_IDLE_TIMEOUT);
+        let client_sends = items.is_some();
+        let mut attempts = Attempts::default();
+        for _attempt in 0..=opts.retries.unwrap_or(DEFAULT_RETRIES) {
+            let node = self.pick(service, &attempts.tried).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let request = frame::request_with(0, 0, &head, write_body)?;
+            let pool = &self.inner.pool;
+            let opening = match pool.get(&node.address, remaining).await {
+                Ok(conn) => conn.open_stream(request, client_sends, idle),
+                Err(e) => Err(e),
+            };
+            let open = match opening {
+                Ok(Ok(open)) => open,
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    attempts.failed(pool, &node, e);
+                    continue;
+                }
+            };
+            let mut opened = open.opened;
+            let outcome = match items.take() {
+                // The reply of client streaming comes once the items are in:
+                // no deadline while they go out, the idle timeout after.
+                Some(out) if !expect_stream => {
+                    let (credit, frames, id) = (Arc::clone(&open.credit), open.frames, open.id);
+                    let mut pump = tokio::spawn(async move {
+                        stream::pump(out, &credit, &frames, id, "micro.client").await
+                    });
+                    let _abort = AbortOnDrop(pump.abort_handle());
+                    tokio::select! {
+                        r = &mut opened => Ok(r),
+                        _ = &mut pump => tokio::time::timeout(idle, opened).await,
+                    }
+                }
+                items => {
+                    if let Some(out) = items {
+                        // Ends by itself with the stream: the credit closes then.
+                        let (credit, frames, id) =
+                            (Arc::clone(&open.credit), open.frames.clone(), open.id);
+                        tokio::spawn(async move {
+                            stream::pump(out, &credit, &frames, id, "micro.client").await
+                        });
+                    }
+                    tokio::time::timeout_at(deadline, opened).await
+                }
+            };
+            let failure = match outcome {
+                Ok(Ok(Ok(Ok(body)))) if !expect_stream => return Ok(Opened::Reply(body)),
+                Ok(Ok(Ok(Ok(_)))) => return Ok(Opened::Stream(open.inbound)),
+                Ok(Ok(Ok(Err(e)))) => return Err(e),
+                Ok(Ok(Err(e))) => e,
+                Ok(Err(_)) => CallError::Lost("connection closed".into()),
+                Err(_) => break,
+            };
+            if client_sends {
+                return Err(failure.into_error());
+            }
+            attempts.failed(pool, &node, failure);
+        }
+        Err(attempts.give_up(service, endpoint, deadline, &opts))
+    }
+
+    /// The deadline, metadata and trace id of a call made now: a call made
+    /// while serving another carries its deadline, metadata and trace id on.
+    fn prepare(&self, opts: &CallOptions) -> Result<(Instant, Metadata, TraceId)> {
+        let mut deadline = Instant::now() + opts.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let mut metadata = Metadata::new();
         let mut trace_id = TraceId::default();
         if let Some(ctx) = Context::try_current() {
@@ -265,7 +477,7 @@ impl Client {
             metadata.extend(ctx.metadata().iter().map(|(k, v)| (k.clone(), v.clone())));
             trace_id = ctx.trace_id();
         }
-        metadata.extend(opts.metadata);
+        metadata.extend(opts.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(explicit) = metadata.remove(TRACE_ID_KEY) {
             trace_id = explicit
                 .parse()
@@ -274,85 +486,107 @@ impl Client {
         if trace_id.is_none() {
             trace_id = TraceId::random();
         }
+        Ok((deadline, metadata, trace_id))
+    }
 
-        let mut head = RequestHead {
-            service,
-            endpoint,
-            content_type: content_type.as_str(),
-            timeout_us: 0,
-            trace_id: trace_id.0,
-            metadata: Cow::Borrowed(&metadata),
-        };
-        let retries = opts.retries.unwrap_or(DEFAULT_RETRIES);
-        let mut tried: Vec<String> = Vec::new();
-        let mut failures: Vec<String> = Vec::new();
-        for _attempt in 0..=retries {
-            let nodes = self.inner.cache.nodes(service).await?;
-            if nodes.is_empty() {
-                return Err(Error::not_found(
-                    "micro.client",
-                    format!(
-                        "service `{service}` not found in the {} registry",
-                        self.registry().name()
-                    ),
-                ));
-            }
-            let pool = &self.inner.pool;
-            // Prefer nodes not yet tried in this call and not recently unreachable.
-            let node = self
-                .inner
-                .selector
-                .select(&nodes, |n| {
-                    !tried.contains(&n.id) && !pool.is_backing_off(&n.address)
-                })
-                .or_else(|| {
-                    self.inner
-                        .selector
-                        .select(&nodes, |n| !tried.contains(&n.id))
-                })
-                .or_else(|| self.inner.selector.select(&nodes, |_| true))
-                .expect("nodes is not empty");
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            head.timeout_us = remaining.as_micros().min(u64::MAX as u128) as u64;
-            let request = frame::request_with(0, flags::END_STREAM, &head, write_body)?;
-            let outcome = match pool.get(&node.address, remaining).await {
-                Ok(conn) => conn.call(request, deadline).await,
-                Err(e) => Err(e),
-            };
-            let failure = match outcome {
-                Ok(reply) => return reply,
-                Err(CallError::Timeout) => break,
-                Err(CallError::Lost(why)) => {
-                    pool.mark_failed(&node.address);
-                    why
-                }
-                Err(CallError::Refused(e)) => e.to_string(),
-            };
-            tracing::debug!(service, endpoint, node = %node.id, %failure, "retrying on another node");
-            failures.push(format!("{}: {failure}", node.address));
-            tried.push(node.id.clone());
+    /// A node of `service`, preferring nodes not yet tried in this call and
+    /// not recently unreachable.
+    async fn pick(&self, service: &str, tried: &[String]) -> Result<Node> {
+        let nodes = self.inner.cache.nodes(service).await?;
+        if nodes.is_empty() {
+            return Err(Error::not_found(
+                "micro.client",
+                format!(
+                    "service `{service}` not found in the {} registry",
+                    self.registry().name()
+                ),
+            ));
         }
+        let (selector, pool) = (&self.inner.selector, &self.inner.pool);
+        let node = selector
+            .select(&nodes, |n| {
+                !tried.contains(&n.id) && !pool.is_backing_off(&n.address)
+            })
+            .or_else(|| selector.select(&nodes, |n| !tried.contains(&n.id)))
+            .or_else(|| selector.select(&nodes, |_| true))
+            .expect("nodes is not empty");
+        Ok(node.clone())
+    }
+}
+
+/// What opening a stream gave.
+enum Opened {
+    /// The server's stream of items.
+    Stream(Inbound),
+    /// The one reply of client streaming.
+    Reply(Bytes),
+}
+
+/// The nodes a call tried, and why each failed.
+#[derive(Default)]
+struct Attempts {
+    tried: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Attempts {
+    fn failed(&mut self, pool: &Pool, node: &Node, e: CallError) {
+        let why = match e {
+            CallError::Lost(why) => {
+                pool.mark_failed(&node.address);
+                why
+            }
+            CallError::Refused(e) => e.to_string(),
+            CallError::Timeout => "timed out".into(),
+        };
+        tracing::debug!(node = %node.id, failure = %why, "retrying on another node");
+        self.failures.push(format!("{}: {why}", node.address));
+        self.tried.push(node.id.clone());
+    }
+
+    fn give_up(
+        self,
+        service: &str,
+        endpoint: &str,
+        deadline: Instant,
+        opts: &CallOptions,
+    ) -> Error {
         if Instant::now() >= deadline {
-            return Err(Error::timeout(
+            return Error::timeout(
                 "micro.client",
                 format!(
                     "{service} {endpoint}: no reply within {:?}",
                     opts.timeout.unwrap_or(DEFAULT_TIMEOUT)
                 ),
-            ));
+            );
         }
-        Err(Error::unavailable(
+        Error::unavailable(
             "micro.client",
             format!(
                 "{service} {endpoint}: no node answered after {} attempts ({})",
-                tried.len(),
-                failures.join("; ")
+                self.tried.len(),
+                self.failures.join("; ")
             ),
-        ))
+        )
     }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn decode_reply<T: DeserializeOwned>(ct: ContentType, endpoint: &str, body: &[u8]) -> Result<T> {
+    ct.decode(body).map_err(|e| {
+        Error::internal(
+            "micro.client",
+            format!("undecodable reply from {endpoint}: {}", e.detail),
+        )
+    })
 }
 
 /// A client bound to one service; the generated typed clients wrap it.
@@ -402,6 +636,48 @@ impl ServiceClient {
     {
         self.client
             .call(&self.service, endpoint, req, &self.options)
+            .await
+    }
+    /// Opens the server-streaming `endpoint` with `req`.
+    pub async fn server_stream<Req, Resp>(
+        &self,
+        endpoint: &str,
+        req: &Req,
+    ) -> Result<Streaming<Resp>>
+    where
+        Req: Serialize + Sync + ?Sized,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        self.client
+            .server_stream(&self.service, endpoint, req, &self.options)
+            .await
+    }
+    /// Streams `items` to the client-streaming `endpoint`; returns its reply.
+    pub async fn client_stream<Req, Resp>(
+        &self,
+        endpoint: &str,
+        items: Streaming<Req>,
+    ) -> Result<Resp>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned,
+    {
+        self.client
+            .client_stream(&self.service, endpoint, items, &self.options)
+            .await
+    }
+    /// Opens the bidirectional `endpoint`, sending `items`.
+    pub async fn bidi_stream<Req, Resp>(
+        &self,
+        endpoint: &str,
+        items: Streaming<Req>,
+    ) -> Result<Streaming<Resp>>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        self.client
+            .bidi_stream(&self.service, endpoint, items, &self.options)
             .await
     }
 }

@@ -1,21 +1,17 @@
 //! One server-side connection: sniff, read frames, run handlers, write replies.
 
-use super::{Reply, Request, Shared};
+use super::{Reply, Request, Shared, StreamReply, StreamRequest};
 use crate::codec::ContentType;
 use crate::context::{Context, TraceId};
 use crate::error::{Error, Result};
+use crate::stream::{self, Credit, Inbound, Receiving};
 use crate::transport::frame::{self, flags, Kind, ProtocolError, PREFACE};
 use crate::transport::{preview, spawn_writer, FrameReader, FrameSender, ReadError};
 use bytes::Bytes;
-use futures_util::FutureExt;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -25,35 +21,45 @@ use tokio::task::AbortHandle;
 /// How long a new connection may take to send its first bytes.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Abort handles of the calls running on one connection, by stream id. Owned
-/// by the connection's reader alone (no lock on the hot path); entries of
+/// The calls running on one connection, by stream id: their tasks' abort
+/// handles and, for streams, the receiving half and the send window. Owned by
+/// the connection's reader alone (no lock on the hot path); entries of
 /// finished calls are pruned as the map grows.
 #[derive(Default)]
 struct InFlight {
-    calls: HashMap<u32, AbortHandle>,
+    calls: HashMap<u32, Running>,
     prune_at: usize,
+}
+
+struct Running {
+    task: AbortHandle,
+    stream: Option<(Receiving, Arc<Credit>)>,
 }
 
 impl InFlight {
     const MIN_PRUNE: usize = 64;
 
-    fn insert(&mut self, id: u32, handle: AbortHandle) {
+    fn insert(&mut self, id: u32, running: Running) {
         if self.calls.len() >= self.prune_at.max(Self::MIN_PRUNE) {
-            self.calls.retain(|_, h| !h.is_finished());
+            self.calls.retain(|_, r| !r.task.is_finished());
             self.prune_at = self.calls.len() * 2;
         }
-        self.calls.insert(id, handle);
+        self.calls.insert(id, running);
+    }
+
+    fn stream(&self, id: u32) -> Option<&(Receiving, Arc<Credit>)> {
+        self.calls.get(&id).and_then(|r| r.stream.as_ref())
     }
 
     fn cancel(&mut self, id: u32) {
-        if let Some(h) = self.calls.remove(&id) {
-            h.abort();
+        if let Some(r) = self.calls.remove(&id) {
+            r.task.abort();
         }
     }
 
     fn cancel_all(&mut self) {
-        for (_, h) in self.calls.drain() {
-            h.abort();
+        for (_, r) in self.calls.drain() {
+            r.task.abort();
         }
     }
 }
@@ -75,6 +81,12 @@ async fn serve_native(
     let mut r = FrameReader::new(r, shared.max_frame);
     match tokio::time::timeout(PREFACE_TIMEOUT, sniff(&mut r)).await {
         Ok(Ok(Sniff::Native)) => {}
+        Ok(Ok(Sniff::Other)) if looks_like_http(r.buffered()) => {
+            let (r, prefix) = r.into_parts();
+            let stream = r.reunite(w).expect("halves of one stream");
+            super::http::serve(Arc::clone(shared), stream, prefix.freeze()).await;
+            return Ok(());
+        }
         Ok(Ok(Sniff::Other)) => {
             let err = ProtocolError::BadPreface {
                 got: preview(r.buffered()),
@@ -121,6 +133,11 @@ enum Sniff {
     Other,
     /// The peer closed before sending a whole preface.
     Closed,
+}
+
+/// Whether the first bytes start an HTTP/1 request line (a method token).
+fn looks_like_http(seen: &[u8]) -> bool {
+    seen.first().is_some_and(u8::is_ascii_uppercase)
 }
 
 /// Reads until the preface is complete or cannot match any more, so garbage is
@@ -187,8 +204,29 @@ async fn read_loop(
                     let _ = tx.send(error_frame(f.stream, &e, flags::REFUSED));
                     continue;
                 }
-                let task = spawn_call(conn, f.stream, f.payload);
-                in_flight.insert(f.stream, task);
+                let running = if f.flags & flags::END_STREAM != 0 {
+                    Running {
+                        task: spawn_call(conn, f.stream, f.payload),
+                        stream: None,
+                    }
+                } else {
+                    spawn_stream(conn, f.stream, f.payload)
+                };
+                in_flight.insert(f.stream, running);
+            }
+            Kind::Data => {
+                // Data of a stream that is gone (finished or cancelled) is dropped.
+                if let Some((receiving, _)) = in_flight.stream(f.stream) {
+                    receiving.data(f.flags, f.payload)?;
+                }
+            }
+            Kind::Credit => {
+                let grant = stream::parse_credit(&f.payload).ok_or(ProtocolError::Malformed(
+                    "credit frame shorter than 4 bytes",
+                ))?;
+                if let Some((_, credit)) = in_flight.stream(f.stream) {
+                    credit.grant(grant);
+                }
             }
             Kind::Cancel => {
                 in_flight.cancel(f.stream);
@@ -196,7 +234,7 @@ async fn read_loop(
             Kind::Ping if f.flags & flags::ACK == 0 => {
                 let _ = tx.send(frame::frame(Kind::Ping, flags::ACK, 0, &[&f.payload]));
             }
-            Kind::Ping | Kind::Credit | Kind::Data => {}
+            Kind::Ping => {}
             Kind::Response | Kind::GoAway => {
                 return Err(ProtocolError::Malformed(
                     "frame kind only a server may send",
@@ -213,22 +251,6 @@ fn error_frame(stream: u32, e: &Error, extra: u8) -> Vec<u8> {
         stream,
         &[&frame::encode_error(e)],
     )
-}
-
-/// Runs `fut` until `deadline`; `None` if the deadline came first (and `fut`
-/// is dropped, which cancels it). Unlike `tokio::time::timeout_at`, the timer
-/// is only made once `fut` has to wait, so calls answered at once cost none.
-async fn until_deadline<F: Future>(fut: F, deadline: tokio::time::Instant) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
 }
 
 /// Runs a call on its own task; the reply goes to the connection's writer.
@@ -252,35 +274,82 @@ fn spawn_call(conn: &Arc<Conn>, id: u32, payload: Bytes) -> AbortHandle {
     task.abort_handle()
 }
 
-/// Runs one request to its reply: head decoding, route lookup, body
-/// decoding, the handler under its context and deadline, panics turned into
-/// internal errors.
+/// Runs a streaming call on its own task: the handler gets the caller's
+/// items as the reader delivers them, and its replies go out within the
+/// caller's credit.
+fn spawn_stream(conn: &Arc<Conn>, id: u32, payload: Bytes) -> Running {
+    let shared = &conn.shared;
+    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let (receiving, inbound) = Receiving::new(
+        conn.tx.clone(),
+        id,
+        shared.idle_timeout,
+        shared.max_frame,
+        None,
+    );
+    let credit = Arc::new(Credit::new(stream::WINDOW));
+    let task_conn = Arc::clone(conn);
+    let task_credit = Arc::clone(&credit);
+    let task = shared.tracker.spawn(async move {
+        let (shared, tx) = (&task_conn.shared, &task_conn.tx);
+        let (reply, ctx) = match open_stream(shared, &payload, inbound).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(error_frame(id, &e, 0));
+                return;
+            }
+        };
+        match reply {
+            StreamReply::Unary(reply) => {
+                let _ = tx.send(reply.into_frame(Kind::Response, flags::END_STREAM, id));
+            }
+            StreamReply::Stream(out) => {
+                let _ = tx.send(frame::frame(Kind::Response, 0, id, &[]));
+                let source = shared.service.as_str();
+                ctx.scope(stream::pump(out, &task_credit, tx, id, source))
+                    .await;
+            }
+        }
+    });
+    Running {
+        task: task.abort_handle(),
+        stream: Some((receiving, credit)),
+    }
+}
+
+/// Opens one native streaming request: head decoding, then the shared path.
+async fn open_stream(
+    shared: &Shared,
+    payload: &Bytes,
+    inbound: Inbound,
+) -> Result<(StreamReply, Context)> {
+    let (head, body) = frame::parse_request(payload)
+        .map_err(|e| Error::bad_request(shared.service.as_str(), format!("protocol error: {e}")))?;
+    let route = shared.route(head.service, head.endpoint)?;
+    let content_type: ContentType = head.content_type.parse()?;
+    let ctx = Context::new(
+        None,
+        head.metadata.into_owned(),
+        Arc::clone(&route.name),
+        TraceId(head.trace_id),
+    );
+    let request = StreamRequest {
+        content_type,
+        body,
+        inbound,
+    };
+    let reply = shared.open_stream(route, ctx.clone(), request).await?;
+    Ok((reply, ctx))
+}
+
+/// Runs one native request to its reply: head decoding, then the shared
+/// dispatch path.
 async fn dispatch(shared: &Shared, payload: &Bytes) -> Result<Reply> {
-    let service = shared.service.as_str();
     // A head that does not decode spoils only this call: the framing is intact.
     let (head, body) = frame::parse_request(payload)
-        .map_err(|e| Error::bad_request(service, format!("protocol error: {e}")))?;
-    if !head.service.is_empty() && head.service != service {
-        return Err(Error::not_found(
-            service,
-            format!(
-                "service `{}` is not served here (this node serves `{service}`)",
-                head.service
-            ),
-        ));
-    }
-    let Some(route) = shared.routes.get(head.endpoint) else {
-        let mut known: Vec<&str> = shared.routes.keys().map(String::as_str).collect();
-        known.sort_unstable();
-        return Err(Error::not_found(
-            service,
-            format!(
-                "unknown endpoint `{}` on service `{service}`; it serves: {}",
-                head.endpoint,
-                known.join(", ")
-            ),
-        ));
-    };
+        .map_err(|e| Error::bad_request(shared.service.as_str(), format!("protocol error: {e}")))?;
+    let route = shared.route(head.service, head.endpoint)?;
     let content_type: ContentType = head.content_type.parse()?;
     let deadline = (head.timeout_us > 0)
         .then(|| tokio::time::Instant::now() + Duration::from_micros(head.timeout_us));
@@ -290,27 +359,7 @@ async fn dispatch(shared: &Shared, payload: &Bytes) -> Result<Reply> {
         Arc::clone(&route.name),
         TraceId(head.trace_id),
     );
-    let call =
-        AssertUnwindSafe(ctx.scope((route.call)(Request { content_type, body }))).catch_unwind();
-    let outcome = match deadline {
-        Some(d) => until_deadline(call, d).await.ok_or_else(|| {
-            Error::timeout(
-                service,
-                format!("{} did not finish within the caller's deadline", route.name),
-            )
-        })?,
-        None => call.await,
-    };
-    outcome.unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into());
-        tracing::error!(endpoint = %route.name, panic = %msg, "handler panicked");
-        Err(Error::internal(
-            service,
-            format!("handler of {} panicked: {msg}", route.name),
-        ))
-    })
+    shared
+        .run_unary(route, ctx, Request { content_type, body }, deadline)
+        .await
 }

@@ -2,9 +2,14 @@
 //! the built-in `Debug.*` endpoints, and drains on shutdown.
 
 mod conn;
+mod dispatch;
+mod http;
 mod route;
 
-pub use route::{unary, BoxFuture, EndpointDef, Handler, Reply, Request, Route, UnaryFn};
+pub use route::{
+    bidi_streaming, client_streaming, server_streaming, unary, BoxFuture, Call, EndpointDef,
+    Handler, Reply, Request, Route, Shape, StreamFn, StreamReply, StreamRequest, UnaryFn,
+};
 
 use crate::registry::Endpoint;
 use serde::{Deserialize, Serialize};
@@ -91,6 +96,8 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown ends: connections close and abort what is left.
     pub(crate) closed: CancellationToken,
     pub(crate) max_frame: usize,
+    /// How long a stream waits for its peer's next item.
+    pub(crate) idle_timeout: Duration,
 }
 
 /// Built-in endpoints every service answers.
@@ -161,6 +168,7 @@ impl Server {
             draining: CancellationToken::new(),
             closed: CancellationToken::new(),
             max_frame,
+            idle_timeout: crate::stream::DEFAULT_IDLE_TIMEOUT,
         });
         let accept = tokio::spawn(accept_loop(Arc::clone(&shared), listener));
         Server {

@@ -44,6 +44,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The socket back, with the bytes received but not consumed yet.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.io, self.buf)
+    }
+
     /// Bytes received but not consumed yet.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
