@@ -25,6 +25,9 @@ pub struct HelloReply {
 pub trait Greeter {
     /// Says hello: endpoint `Greeter.Hello`.
     async fn hello(&self, req: HelloRequest) -> micro::Result<HelloReply>;
+    /// Says hello to everyone who arrives, as they arrive: endpoint
+    /// `Greeter.Chat`, a bidirectional stream.
+    async fn chat(&self, people: Streaming<HelloRequest>) -> micro::Result<Streaming<HelloReply>>;
 }
 
 /// A greeter that says hello, and which node said it.
@@ -40,5 +43,11 @@ impl Greeter for MyGreeter {
         Ok(HelloReply {
             message: format!("Hello, {}", req.name),
         })
+    }
+
+    async fn chat(&self, people: Streaming<HelloRequest>) -> micro::Result<Streaming<HelloReply>> {
+        Ok(Streaming::try_new(
+            people.then(|req| async move { MyGreeter.hello(req?).await }),
+        ))
     }
 }

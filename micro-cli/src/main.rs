@@ -5,6 +5,7 @@
 //! micro services                         list services and their nodes
 //! micro describe <service>               endpoints, request/response types, docs
 //! micro call <service> <endpoint> [json] call an endpoint, print the JSON reply
+//! micro stream <service> <endpoint> [json] open a server stream, print each item as it comes
 //! micro health <service>                 Debug.Health of the service
 //! ```
 //! The registry comes from the environment (`MICRO_REGISTRY`, ...), as for services.
@@ -17,6 +18,8 @@ const USAGE: &str = "usage:
   micro services                         list services and their nodes
   micro describe <service>               endpoints, request/response types, docs
   micro call <service> <endpoint> [json] call an endpoint with a JSON body
+  micro stream <service> <endpoint> [json]
+                                         open a server-streaming endpoint, print each item
   micro health <service>                 call <service>'s Debug.Health";
 
 #[micro::main]
@@ -24,7 +27,9 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args).await {
         Ok(out) => {
-            println!("{out}");
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -55,10 +60,13 @@ async fn run(args: &[String]) -> Result<String, Error> {
         }
         ["call", service, endpoint, rest @ ..] if rest.len() <= 1 => {
             let body = rest.first().copied().unwrap_or("null");
-            serde_json::from_str::<serde_json::Value>(body).map_err(|e| {
-                Error::bad_request("micro.cli", format!("the request is not valid JSON: {e}"))
-            })?;
+            json_arg(body)?;
             call(service, endpoint, body).await
+        }
+        ["stream", service, endpoint, rest @ ..] if rest.len() <= 1 => {
+            let body = json_arg(rest.first().copied().unwrap_or("null"))?;
+            stream(service, endpoint, &body).await?;
+            Ok(String::new())
         }
         ["health", service] => call(service, "Debug.Health", "null").await,
         _ => Err(Error::bad_request("micro.cli", USAGE)),
@@ -77,6 +85,24 @@ async fn call(service: &str, endpoint: &str, body: &str) -> Result<String, Error
         )
         .await?;
     Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+fn json_arg(body: &str) -> Result<serde_json::Value, Error> {
+    serde_json::from_str(body)
+        .map_err(|e| Error::bad_request("micro.cli", format!("the request is not valid JSON: {e}")))
+}
+
+/// Prints each item of a server stream as one line of JSON, as it arrives.
+async fn stream(service: &str, endpoint: &str, body: &serde_json::Value) -> Result<(), Error> {
+    let client = Client::new()?;
+    let opts = CallOptions::new().content_type(ContentType::Json);
+    let mut items = client
+        .server_stream::<_, serde_json::Value>(service, endpoint, body, &opts)
+        .await?;
+    while let Some(item) = items.message().await? {
+        println!("{item}");
+    }
+    Ok(())
 }
 
 fn summary(r: &ServiceRecord) -> String {

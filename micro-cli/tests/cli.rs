@@ -11,6 +11,8 @@ use std::sync::Arc;
 trait Calc {
     /// Adds two numbers.
     async fn add(&self, a: i64, b: i64) -> micro::Result<i64>;
+    /// Counts from 1 to `to`, failing past 100.
+    async fn count(&self, to: u32) -> micro::Result<micro::Streaming<u32>>;
 }
 
 struct CalcImpl;
@@ -19,6 +21,17 @@ struct CalcImpl;
 impl Calc for CalcImpl {
     async fn add(&self, a: i64, b: i64) -> micro::Result<i64> {
         Ok(a + b)
+    }
+
+    async fn count(&self, to: u32) -> micro::Result<micro::Streaming<u32>> {
+        let items = (1..=to).map(|n| {
+            if n > 100 {
+                Err(Error::bad_request("calc", "counting past 100"))
+            } else {
+                Ok(n)
+            }
+        });
+        Ok(Streaming::try_new(micro::stream::iter(items)))
     }
 }
 
@@ -72,6 +85,13 @@ async fn lists_describes_and_calls_a_live_service() {
         .unwrap();
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "42");
+
+    let (ok, out, err) = run(&["stream", "calc", "Calc.Count", "3"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out, "1\n2\n3\n");
+    let (ok, out, err) = run(&["stream", "calc", "Calc.Count", "102"]).await.unwrap();
+    assert!(!ok && out.lines().count() == 100, "{out}");
+    assert!(err.contains("counting past 100"), "{err}");
 
     let (ok, _, err) = run(&["health", "calc"]).await.unwrap();
     assert!(ok, "{err}");

@@ -1,6 +1,6 @@
 //! Client side of a service: `GreeterClient`.
 
-use crate::model::{Endpoint, Service};
+use crate::model::{Endpoint, Service, Shape};
 use crate::routes;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -83,6 +83,12 @@ fn client_method(service: &Service, ep: &Endpoint) -> TokenStream {
         quote!(#ident: #ty)
     });
     let request = routes::request_value(service, ep);
+    let call = match ep.shape() {
+        Shape::Unary => quote!(call(#wire, &#request)),
+        Shape::ServerStream => quote!(server_stream(#wire, &#request)),
+        Shape::ClientStream => quote!(client_stream(#wire, #request)),
+        Shape::Bidi => quote!(bidi_stream(#wire, #request)),
+    };
     let bounds = routes::wire_bounds([ep]);
     let docs = if ep.docs.is_empty() {
         let doc = format!("Calls `{wire}`.");
@@ -97,7 +103,7 @@ fn client_method(service: &Service, ep: &Endpoint) -> TokenStream {
         where
             #bounds
         {
-            self.inner.call(#wire, &#request).await
+            self.inner.#call.await
         }
     }
 }

@@ -39,6 +39,17 @@ use proc_macro::TokenStream;
 /// futures) this generates `GreeterClient`, a typed client with one method
 /// per endpoint. Implement the trait with plain `async fn`s and mark the impl
 /// with `#[micro::handler]`.
+///
+/// An endpoint streams when `micro::Streaming<T>` is its only argument
+/// (client streaming), its reply (server streaming), or both (bidirectional):
+///
+/// ```ignore
+/// async fn countdown(&self, from: u32) -> micro::Result<micro::Streaming<u32>>;
+/// async fn sum(&self, nums: micro::Streaming<i64>) -> micro::Result<i64>;
+/// async fn chat(&self, lines: micro::Streaming<Line>) -> micro::Result<micro::Streaming<Line>>;
+/// ```
+///
+/// `Streaming` may appear nowhere else (not inside `Vec`, `Option`, ..).
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     service::service(attr.into(), item.into()).into()
@@ -49,7 +60,8 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// On `impl Greeter for MyGreeter` it serves the routes of the `#[service]`
 /// trait. On an inherent impl (`impl Counter { .. }`, optionally with
 /// `#[handler(name = "..", version = "..")]`) every `pub async fn` taking
-/// `&self` is an endpoint `Counter.<Method>`, and a `CounterClient` is generated.
+/// `&self` is an endpoint `Counter.<Method>` (streaming as for `#[service]`),
+/// and a `CounterClient` is generated.
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     handler::handler(attr.into(), item.into()).into()

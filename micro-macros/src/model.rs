@@ -7,7 +7,7 @@ use crate::naming;
 use proc_macro2::Span;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, Pat, PathArguments, ReturnType, Signature, Type,
-    Visibility,
+    TypePath, Visibility,
 };
 
 /// A service: what the routes and the typed client are generated from.
@@ -60,10 +60,48 @@ pub struct Endpoint {
     pub args: Vec<Arg>,
     /// `T` of `Result<T>`, if the return type has that shape.
     pub reply: Option<Type>,
+    /// `T` of `Result<Streaming<T>>`: the item type of a streamed reply.
+    pub reply_item: Option<Type>,
     /// The method's `#[doc]` attributes.
     pub docs: Vec<Attribute>,
     /// The method's signature as written, for validation.
     pub sig: Signature,
+}
+
+impl Endpoint {
+    /// Which sides of the endpoint stream.
+    pub fn shape(&self) -> Shape {
+        let streams_in = self.args.iter().any(|a| a.stream_item.is_some());
+        match (streams_in, self.reply_item.is_some()) {
+            (false, false) => Shape::Unary,
+            (false, true) => Shape::ServerStream,
+            (true, false) => Shape::ClientStream,
+            (true, true) => Shape::Bidi,
+        }
+    }
+
+    /// The types that cross the wire: each argument's (the item type of a
+    /// `Streaming` one) and the reply's (its item type if streamed).
+    pub fn wire_types(&self) -> impl Iterator<Item = &Type> {
+        let args = self
+            .args
+            .iter()
+            .map(|a| a.stream_item.as_ref().unwrap_or(&a.ty));
+        args.chain(self.reply_item.as_ref().or(self.reply.as_ref()))
+    }
+}
+
+/// Which sides of an endpoint stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One request, one reply.
+    Unary,
+    /// One request, `Result<Streaming<T>>` back.
+    ServerStream,
+    /// A `Streaming<T>` argument, one reply.
+    ClientStream,
+    /// A `Streaming<T>` argument, `Result<Streaming<T>>` back.
+    Bidi,
 }
 
 /// One argument: a plain name and its type.
@@ -72,6 +110,46 @@ pub struct Arg {
     pub ident: Ident,
     /// The type as written.
     pub ty: Type,
+    /// `T` if the type is `Streaming<T>`.
+    pub stream_item: Option<Type>,
+}
+
+/// Whether a path names `Streaming` (by its last segment, with or without
+/// type arguments): `Streaming<T>`, `micro::Streaming<T>`, `::micro::Streaming<T>`.
+pub fn is_streaming(path: &TypePath) -> bool {
+    path.qself.is_none()
+        && path
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Streaming")
+}
+
+/// `T` if `path` is `Streaming<T>` with exactly one type argument.
+pub fn streaming_path_item(path: &TypePath) -> Option<&Type> {
+    if !is_streaming(path) {
+        return None;
+    }
+    single_type_arg(&path.path.segments.last()?.arguments)
+}
+
+/// `T` if `ty` is `Streaming<T>` with exactly one type argument.
+pub fn streaming_item(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Path(path) => streaming_path_item(path),
+        _ => None,
+    }
+}
+
+/// `T` of `<T>`.
+fn single_type_arg(arguments: &PathArguments) -> Option<&Type> {
+    let PathArguments::AngleBracketed(args) = arguments else {
+        return None;
+    };
+    match args.args.iter().collect::<Vec<_>>().as_slice() {
+        [GenericArgument::Type(ty)] => Some(ty),
+        _ => None,
+    }
 }
 
 /// `ident.to_string()` without a leading `r#`.
@@ -143,12 +221,14 @@ pub fn parse_endpoint(
             sig.ident.span(),
         ),
     };
+    let reply = parse_reply(sig, errors);
     Endpoint {
         ident: sig.ident.clone(),
         wire: format!("{}.{}", owner.unraw_string(), method),
         wire_span,
         args: parse_args(sig, errors),
-        reply: parse_reply(sig, errors),
+        reply_item: reply.as_ref().and_then(streaming_item).cloned(),
+        reply,
         docs: crate::naming::doc_attrs(attrs),
         sig: sig.clone(),
     }
@@ -185,6 +265,7 @@ fn parse_args(sig: &Signature, errors: &mut Errors) -> Vec<Arg> {
             args.push(Arg {
                 ident,
                 ty: (*typed.ty).clone(),
+                stream_item: streaming_item(&typed.ty).cloned(),
             });
         }
     }
@@ -203,27 +284,33 @@ fn parse_reply(sig: &Signature, errors: &mut Errors) -> Option<Type> {
             return None;
         }
     };
-    let segment = match &**ty {
-        Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+    let path = match &**ty {
+        Type::Path(path) if path.qself.is_none() => Some(path),
         _ => None,
     };
-    let Some(segment) = segment.filter(|s| s.ident == "Result") else {
+    if path.is_some_and(is_streaming) {
+        errors.spanned(
+            ty,
+            format!(
+                "{expected}, found `{ty}`: a stream is returned inside it, as `micro::Result<{ty}>`",
+                ty = naming::type_string(ty)
+            ),
+        );
+        return None;
+    }
+    let Some(segment) = path
+        .and_then(|p| p.path.segments.last())
+        .filter(|s| s.ident == "Result")
+    else {
         errors.spanned(
             ty,
             format!("{expected}, found `{}`", naming::type_string(ty)),
         );
         return None;
     };
-    let generic_args = match &segment.arguments {
-        PathArguments::AngleBracketed(args) => Some(&args.args),
-        _ => None,
-    };
-    match generic_args
-        .map(|a| a.iter().collect::<Vec<_>>())
-        .as_deref()
-    {
-        Some([GenericArgument::Type(reply)]) => Some(reply.clone()),
-        _ => {
+    match single_type_arg(&segment.arguments) {
+        Some(reply) => Some(reply.clone()),
+        None => {
             errors.spanned(
                 ty,
                 format!(
@@ -299,6 +386,72 @@ mod tests {
         assert!(result.is_err());
         let (_, result) = endpoint(parse_quote! { async fn hello(&self) -> String; });
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn streaming_shapes() {
+        let shape = |m: TraitItemFn| {
+            let (ep, result) = endpoint(m);
+            result.unwrap();
+            ep.shape()
+        };
+        assert_eq!(
+            shape(parse_quote! { async fn a(&self, x: u8) -> Result<u8>; }),
+            Shape::Unary
+        );
+        assert_eq!(
+            shape(
+                parse_quote! { async fn a(&self, x: u8, y: u8) -> micro::Result<micro::Streaming<u32>>; }
+            ),
+            Shape::ServerStream
+        );
+        assert_eq!(
+            shape(parse_quote! { async fn a(&self, xs: ::micro::Streaming<i64>) -> Result<i64>; }),
+            Shape::ClientStream
+        );
+        assert_eq!(
+            shape(
+                parse_quote! { async fn a(&self, xs: Streaming<Line>) -> Result<Streaming<Line>>; }
+            ),
+            Shape::Bidi
+        );
+        let (ep, _) = endpoint(parse_quote! {
+            async fn a(&self, xs: Streaming<i64>) -> Result<Streaming<Vec<u8>>>;
+        });
+        let wire: Vec<String> = ep.wire_types().map(naming::type_string).collect();
+        assert_eq!(wire, ["i64", "Vec<u8>"]);
+        assert_eq!(
+            naming::type_string(ep.reply.as_ref().unwrap()),
+            "Streaming<Vec<u8>>"
+        );
+    }
+
+    #[test]
+    fn streaming_items() {
+        let item = |ty: Type| streaming_item(&ty).map(naming::type_string);
+        assert_eq!(item(parse_quote!(Streaming<u8>)).as_deref(), Some("u8"));
+        assert_eq!(
+            item(parse_quote!(a::b::Streaming<(u8, i8)>)).as_deref(),
+            Some("(u8, i8)")
+        );
+        assert_eq!(item(parse_quote!(Streaming)), None);
+        assert_eq!(item(parse_quote!(Streaming<A, B>)), None);
+        assert_eq!(item(parse_quote!(Streaming<'a>)), None);
+        assert_eq!(item(parse_quote!(Vec<Streaming<u8>>)), None);
+        assert_eq!(item(parse_quote!(<T as X>::Streaming<u8>)), None);
+    }
+
+    #[test]
+    fn a_bare_streaming_return_is_an_error() {
+        let (ep, result) = endpoint(parse_quote! {
+            async fn a(&self) -> micro::Streaming<u32>;
+        });
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("`micro::Result<micro::Streaming<u32>>`"),
+            "{message}"
+        );
+        assert!(ep.reply.is_none());
     }
 
     #[test]

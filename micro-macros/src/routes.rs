@@ -1,6 +1,6 @@
 //! Server side of a service: the request structs and the route table.
 
-use crate::model::{Endpoint, Service};
+use crate::model::{Endpoint, Service, Shape};
 use crate::naming;
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -8,14 +8,18 @@ use syn::spanned::Spanned;
 use syn::Ident;
 
 /// The type an endpoint's request decodes to: `()`, the single argument's
-/// type, or the generated struct of several arguments.
+/// type (the runtime's `Streaming` of a streaming one), or the generated
+/// struct of several arguments.
 pub fn request_type(service: &Service, ep: &Endpoint) -> TokenStream {
     match ep.args.as_slice() {
         [] => quote!(()),
-        [arg] => {
-            let ty = &arg.ty;
-            quote!(#ty)
-        }
+        [arg] => match &arg.stream_item {
+            Some(item) => quote!(::micro::__private::Streaming<#item>),
+            None => {
+                let ty = &arg.ty;
+                quote!(#ty)
+            }
+        },
         args => {
             let ident = service.args_struct_ident(ep);
             let types = args.iter().map(|a| &a.ty);
@@ -86,16 +90,15 @@ fn request_description(ep: &Endpoint) -> String {
 }
 
 /// Where-clause predicates `T: Serialize + DeserializeOwned + Send + 'static`
-/// for every argument and reply type of `endpoints`, each spanned at the type.
+/// for every argument and reply type of `endpoints` (the item type of a
+/// `Streaming` one), each spanned at the type.
 ///
 /// A type that cannot cross the wire fails its predicate, reported where the
 /// user wrote the type; the body of the item carrying the where clause may
 /// assume the bounds, so no further errors follow from generated code (the
 /// same predicate on the routes and on the client is reported once).
 pub fn wire_bounds<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint>) -> TokenStream {
-    let types = endpoints
-        .into_iter()
-        .flat_map(|ep| ep.args.iter().map(|a| &a.ty).chain(ep.reply.as_ref()));
+    let types = endpoints.into_iter().flat_map(Endpoint::wire_types);
     let bounds = types.map(|ty| {
         quote_spanned! {ty.span()=>
             #ty: ::micro::__private::serde::Serialize
@@ -107,9 +110,21 @@ pub fn wire_bounds<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint>) -> Tok
     quote!(#(#bounds)*)
 }
 
-/// One `unary(..)` route.
+/// The route builder of each shape.
+fn builder(shape: Shape) -> Ident {
+    let name = match shape {
+        Shape::Unary => "unary",
+        Shape::ServerStream => "server_streaming",
+        Shape::ClientStream => "client_streaming",
+        Shape::Bidi => "bidi_streaming",
+    };
+    Ident::new(name, Span::call_site())
+}
+
+/// One route: `unary(..)` or one of the streaming builders.
 fn route(service: &Service, ep: &Endpoint) -> TokenStream {
     let this = Ident::new("__micro_this", Span::mixed_site());
+    let builder = builder(ep.shape());
     let method = &ep.ident;
     let (name, request) = (&ep.wire, request_description(ep));
     let response = ep
@@ -122,7 +137,7 @@ fn route(service: &Service, ep: &Endpoint) -> TokenStream {
     let req_pat = request_value(service, ep);
     let args = ep.args.iter().map(|a| &a.ident);
     quote_spanned! {ep.sig.ident.span()=>
-        ::micro::__private::unary(
+        ::micro::__private::#builder(
             ::micro::__private::EndpointDef {
                 name: #name,
                 request: #request,

@@ -5,6 +5,8 @@ use crate::diag::Errors;
 use crate::model::{self, Endpoint, Service};
 use std::collections::HashMap;
 use syn::spanned::Spanned;
+use syn::visit_mut::{self, VisitMut};
+use syn::TypePath;
 
 /// Method names the generated client already uses.
 pub const CLIENT_ITEMS: &[&str] = &[
@@ -50,6 +52,7 @@ fn check_endpoint(service: &Service, ep: &Endpoint, require_async: bool, errors:
         errors.spanned(variadic, format!("endpoint `{name}` cannot be variadic"));
     }
     check_receiver(ep, errors);
+    check_streaming(ep, errors);
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         let span = if sig.generics.params.is_empty() {
             sig.generics.where_clause.span()
@@ -108,6 +111,53 @@ fn check_receiver(ep: &Endpoint, errors: &mut Errors) {
             r,
             format!("endpoint `{name}` must take plain `&self`, without a lifetime"),
         ),
+    }
+}
+
+/// Where `Streaming<T>` may appear, for the errors about it.
+const STREAMING_PLACES: &str = "`Streaming<T>` may only be an endpoint's only argument besides `&self` (`items: Streaming<T>`) or its reply inside `micro::Result` (`-> micro::Result<Streaming<T>>`)";
+
+/// A `Streaming` argument comes alone, and `Streaming<T>` appears nowhere but
+/// as a whole argument or as the reply inside `Result`.
+fn check_streaming(ep: &Endpoint, errors: &mut Errors) {
+    for arg in &ep.args {
+        if arg.stream_item.is_some() && ep.args.len() > 1 {
+            errors.spanned(
+                &arg.ty,
+                format!(
+                    "a `Streaming` argument must be the only argument besides `&self`: the stream is the whole request of `{}`; send the other values in the items, or make it a separate endpoint",
+                    ep.sig.ident
+                ),
+            );
+        }
+    }
+    // The wire types are what is inside the allowed places.
+    for ty in ep.wire_types() {
+        // `VisitMut` on a copy: syn's read-only `visit` feature is not enabled.
+        MisplacedStreaming { errors }.visit_type_mut(&mut ty.clone());
+    }
+}
+
+/// Reports every `Streaming` path it visits.
+struct MisplacedStreaming<'a> {
+    errors: &'a mut Errors,
+}
+
+impl VisitMut for MisplacedStreaming<'_> {
+    fn visit_type_path_mut(&mut self, path: &mut TypePath) {
+        if !model::is_streaming(path) {
+            visit_mut::visit_type_path_mut(self, path);
+        } else if model::streaming_path_item(path).is_none() {
+            self.errors.spanned(
+                &*path,
+                "`Streaming` needs exactly one type argument, the item type: `Streaming<T>`",
+            );
+        } else {
+            self.errors.spanned(
+                &*path,
+                format!("`Streaming` cannot appear here: {STREAMING_PLACES}"),
+            );
+        }
     }
 }
 
@@ -210,5 +260,64 @@ mod tests {
             ),
         ]);
         assert_eq!(errors.len(), 6, "{errors:#?}");
+    }
+
+    #[test]
+    fn accepts_streaming_shapes() {
+        let errors = check(vec![
+            parse_quote!(
+                async fn a(&self, from: u32, to: u32) -> Result<Streaming<u32>>;
+            ),
+            parse_quote!(
+                async fn b(&self, xs: micro::Streaming<i64>) -> micro::Result<i64>;
+            ),
+            parse_quote!(
+                async fn c(&self, xs: ::micro::Streaming<L>) -> Result<::micro::Streaming<L>>;
+            ),
+            parse_quote!(
+                async fn d(&self, xs: Streaming<Vec<(u8, String)>>) -> Result<()>;
+            ),
+        ]);
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+
+    #[test]
+    fn rejects_misplaced_streaming() {
+        let errors = check(vec![
+            parse_quote!(
+                async fn a(&self, xs: Streaming<i64>, scale: i64) -> Result<i64>;
+            ),
+            parse_quote!(
+                async fn b(&self, xs: Vec<Streaming<i64>>) -> Result<i64>;
+            ),
+            parse_quote!(
+                async fn c(&self) -> Result<Option<Streaming<i64>>>;
+            ),
+            parse_quote!(
+                async fn d(&self, xs: Streaming<Streaming<i64>>) -> Result<()>;
+            ),
+            parse_quote!(
+                async fn e(&self) -> Streaming<i64>;
+            ),
+            parse_quote!(
+                async fn f(&self, xs: Streaming) -> Result<Streaming<A, B>>;
+            ),
+        ]);
+        let expected = [
+            "a `Streaming` argument must be the only argument",
+            "`Streaming` cannot appear here",
+            "`Streaming` cannot appear here",
+            "`Streaming` cannot appear here",
+            "endpoint `e` must return `micro::Result<T>`",
+            "`Streaming` needs exactly one type argument",
+            "`Streaming` needs exactly one type argument",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for start in expected {
+            assert!(
+                errors.iter().any(|e| e.starts_with(start)),
+                "no error starting with {start:?} in {errors:#?}"
+            );
+        }
     }
 }

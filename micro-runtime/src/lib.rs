@@ -22,5 +22,5 @@ pub use error::{Error, Result};
 pub use registry::{MdnsOptions, MdnsRegistry, MemoryRegistry, Registry};
 pub use selector::Strategy;
 pub use server::{Handler, Health, Stats};
-pub use stream::{StreamSender, Streaming};
 pub use service::{shutdown_signal, RunningService, Service};
+pub use stream::{StreamSender, Streaming};

@@ -12,10 +12,12 @@ use crate::server::Reply;
 use crate::transport::frame::{self, flags, Kind, ProtocolError};
 use crate::transport::FrameSender;
 use bytes::Bytes;
+pub use futures_util::stream::{iter, unfold};
 use futures_util::FutureExt;
 pub use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -196,6 +198,7 @@ pub struct Inbound {
     on_consume: Option<OnConsume>,
     on_abandon: Option<OnAbandon>,
     idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
@@ -220,6 +223,7 @@ impl Inbound {
             on_consume,
             on_abandon,
             idle,
+            timer: None,
             done: false,
         }
     }
@@ -229,13 +233,13 @@ impl Inbound {
         if self.done {
             return None;
         }
-        let msg = match tokio::time::timeout(self.idle, self.rx.recv()).await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => Msg::Error(Error::unavailable(
+        let msg = match self.recv().await {
+            Some(Some(msg)) => msg,
+            Some(None) => Msg::Error(Error::unavailable(
                 "micro.stream",
                 "the stream was cut off before its end",
             )),
-            Err(_) => {
+            None => {
                 self.close();
                 return Some(Err(Error::timeout(
                     "micro.stream",
@@ -259,6 +263,27 @@ impl Inbound {
                 Some(Err(e))
             }
         }
+    }
+
+    /// The next message, or `None` after the idle timeout. The timer is armed
+    /// only when a message is not already waiting, and reused.
+    async fn recv(&mut self) -> Option<Option<Msg>> {
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(msg) = self.rx.poll_recv(cx) {
+                return Poll::Ready(Some(msg));
+            }
+            let deadline = tokio::time::Instant::now() + self.idle;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if !armed {
+                timer.as_mut().reset(deadline);
+                armed = true;
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await
     }
 
     /// The stream ended as the protocol says: nothing to cancel.

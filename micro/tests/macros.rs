@@ -1,8 +1,10 @@
-//! What the generated code does, without a network: routes are called
-//! directly with encoded bodies, as the server would call them.
+//! What the generated code does: routes are called directly with encoded
+//! bodies, as the server would call them; streaming endpoints are served
+//! in-process and called through the generated clients.
 
+use micro::prelude::*;
 use micro::server::{Handler, Request, Route};
-use micro::ContentType;
+use micro::{ContentType, MemoryRegistry, RunningService};
 use std::sync::Arc;
 
 #[micro::message]
@@ -164,4 +166,210 @@ fn endpoint_descriptions() {
     assert_eq!(GeoClient::SERVICE, "geo");
     assert_eq!(GeoClient::VERSION, "latest");
     assert_eq!(CounterClient::SERVICE, "counter");
+}
+
+/// One chat line.
+#[micro::message]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub from: String,
+    pub text: String,
+}
+
+/// Every shape of endpoint.
+#[micro::service(name = "shapes")]
+pub trait Shapes {
+    /// Counts down from `from` to 1.
+    async fn countdown(&self, from: u32) -> micro::Result<micro::Streaming<u32>>;
+    /// Counts down from `from`, failing with a 409 instead of sending `fail_at`.
+    async fn count_to_failure(&self, from: u32, fail_at: u32) -> micro::Result<Streaming<u32>>;
+    /// Adds up the numbers sent.
+    async fn sum(&self, nums: micro::Streaming<i64>) -> micro::Result<i64>;
+    /// Echoes each line back from `echo`.
+    async fn chat(
+        &self,
+        inbound: ::micro::Streaming<Line>,
+    ) -> micro::Result<::micro::Streaming<Line>>;
+    /// A plain call.
+    async fn ping(&self) -> micro::Result<String>;
+}
+
+struct MyShapes;
+
+#[micro::handler]
+impl Shapes for MyShapes {
+    async fn countdown(&self, from: u32) -> micro::Result<micro::Streaming<u32>> {
+        Ok(Streaming::iter((1..=from).rev()))
+    }
+    async fn count_to_failure(&self, from: u32, fail_at: u32) -> micro::Result<Streaming<u32>> {
+        let (tx, items) = Streaming::channel(1);
+        tokio::spawn(async move {
+            for n in (1..=from).rev() {
+                let sent = if n == fail_at {
+                    tx.fail(micro::Error::conflict("shapes", format!("refusing {n}")))
+                        .await
+                } else {
+                    tx.send(n).await
+                };
+                if sent.is_err() || n == fail_at {
+                    return;
+                }
+            }
+        });
+        Ok(items)
+    }
+    async fn sum(&self, mut nums: micro::Streaming<i64>) -> micro::Result<i64> {
+        let mut total = 0;
+        while let Some(n) = nums.message().await? {
+            total += n;
+        }
+        Ok(total)
+    }
+    async fn chat(
+        &self,
+        inbound: ::micro::Streaming<Line>,
+    ) -> micro::Result<::micro::Streaming<Line>> {
+        Ok(Streaming::try_new(inbound.map(|line| {
+            let line = line?;
+            Ok(Line {
+                from: "echo".into(),
+                text: line.text,
+            })
+        })))
+    }
+    async fn ping(&self) -> micro::Result<String> {
+        Ok("pong".into())
+    }
+}
+
+/// An inherent handler with a server-streaming endpoint.
+struct Ticker;
+
+#[micro::handler(name = "shapes")]
+impl Ticker {
+    /// `count` ticks, each `prefix` followed by its number.
+    pub async fn ticks(&self, prefix: String, count: u32) -> micro::Result<Streaming<String>> {
+        Ok(Streaming::iter(
+            (1..=count).map(move |n| format!("{prefix}{n}")),
+        ))
+    }
+}
+
+/// Serves `MyShapes` and `Ticker` as the `shapes` service on loopback.
+async fn serve_shapes() -> RunningService {
+    Service::new("shapes")
+        .address("127.0.0.1:0")
+        .registry(Arc::new(MemoryRegistry::new()))
+        .handler(MyShapes)
+        .handler(Ticker)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn streaming_endpoints_through_the_generated_client() {
+    let service = serve_shapes().await;
+    let shapes = ShapesClient::new(&service.client());
+
+    let countdown = shapes.countdown(3).await.unwrap();
+    assert_eq!(countdown.collect_all().await.unwrap(), [3, 2, 1]);
+
+    let total = shapes.sum(Streaming::iter(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(total, 6);
+
+    let (lines, outbound) = Streaming::channel(4);
+    let mut replies = shapes.chat(outbound).await.unwrap();
+    for text in ["hello", "bye"] {
+        lines
+            .send(Line {
+                from: "alice".into(),
+                text: text.into(),
+            })
+            .await
+            .unwrap();
+        let reply = replies.message().await.unwrap().unwrap();
+        assert_eq!(
+            reply,
+            Line {
+                from: "echo".into(),
+                text: text.into()
+            }
+        );
+    }
+    drop(lines);
+    assert_eq!(replies.message().await.unwrap(), None);
+
+    assert_eq!(shapes.ping().await.unwrap(), "pong");
+
+    let ticks = TickerClient::new(&service.client())
+        .ticks("t".into(), 2)
+        .await
+        .unwrap();
+    assert_eq!(ticks.collect_all().await.unwrap(), ["t1", "t2"]);
+
+    service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_error_mid_stream_arrives_as_an_err_item() {
+    let service = serve_shapes().await;
+    let shapes = ShapesClient::new(&service.client());
+    let mut items = shapes.count_to_failure(5, 3).await.unwrap();
+    assert_eq!(items.message().await.unwrap(), Some(5));
+    assert_eq!(items.message().await.unwrap(), Some(4));
+    let error = items.message().await.unwrap_err();
+    assert_eq!(error.code, 409, "{error:?}");
+    assert_eq!(error.detail, "refusing 3");
+    service.stop().await.unwrap();
+}
+
+#[test]
+fn streaming_endpoint_descriptions() {
+    let mut routes = Handler::routes(Arc::new(MyShapes));
+    routes.extend(Handler::routes(Arc::new(Ticker)));
+    let described: Vec<(&str, &str, &str, Option<&str>)> = routes
+        .iter()
+        .map(|r| {
+            let e = &r.endpoint;
+            (
+                e.name.as_str(),
+                e.request.as_str(),
+                e.response.as_str(),
+                e.metadata.get("stream").map(String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            (
+                "Shapes.Countdown",
+                "u32",
+                "micro::Streaming<u32>",
+                Some("server")
+            ),
+            (
+                "Shapes.CountToFailure",
+                "(from: u32, fail_at: u32)",
+                "Streaming<u32>",
+                Some("server")
+            ),
+            ("Shapes.Sum", "micro::Streaming<i64>", "i64", Some("client")),
+            (
+                "Shapes.Chat",
+                "::micro::Streaming<Line>",
+                "::micro::Streaming<Line>",
+                Some("bidi")
+            ),
+            ("Shapes.Ping", "()", "String", None),
+            (
+                "Ticker.Ticks",
+                "(prefix: String, count: u32)",
+                "Streaming<String>",
+                Some("server")
+            ),
+        ]
+    );
+    assert_eq!(TickerClient::SERVICE, "shapes");
 }

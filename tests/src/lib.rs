@@ -14,6 +14,42 @@ pub trait NodeInfo {
     async fn sleep(&self, ms: u64) -> micro::Result<u32>;
 }
 
+/// Counters of the `Streams` handlers of one node process.
+#[micro::message]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamStats {
+    /// Streams whose handler (or output) is still alive.
+    pub running: u64,
+    /// Streams dropped before their end: cancelled by the caller or cut off.
+    pub cancelled: u64,
+    /// Items the `flood` streams produced.
+    pub produced: u64,
+}
+
+/// Streaming endpoints of the `micro-test-node` processes.
+#[micro::service(name = "node")]
+pub trait Streams {
+    /// Counts down from `from` to 1, an item every `every_ms`; fails with a 409
+    /// instead of sending `fail_at`, when given.
+    async fn countdown(
+        &self,
+        from: u32,
+        every_ms: u64,
+        fail_at: Option<u32>,
+    ) -> micro::Result<micro::Streaming<u32>>;
+    /// The sum of the numbers sent; fails with a 400 on a negative one.
+    async fn sum(&self, nums: micro::Streaming<i64>) -> micro::Result<i64>;
+    /// Echoes each line back in upper case.
+    async fn chat(
+        &self,
+        lines: micro::Streaming<String>,
+    ) -> micro::Result<micro::Streaming<String>>;
+    /// `count` items of `size` bytes each, as fast as the reader takes them.
+    async fn flood(&self, size: u32, count: u64) -> micro::Result<micro::Streaming<String>>;
+    /// The counters of this process's stream handlers.
+    async fn stream_stats(&self) -> micro::Result<StreamStats>;
+}
+
 /// The environment variable set inside the namespace, so the test body runs there.
 const IN_NETNS: &str = "MICRO_TEST_IN_NETNS";
 
@@ -134,6 +170,17 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Resident memory of process `pid`, in bytes (Linux).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
 }
 
 /// A UDP port for an mDNS test of its own, so parallel tests do not hear each other.

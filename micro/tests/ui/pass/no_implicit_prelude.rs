@@ -22,6 +22,8 @@ trait Clone {}
 mod serde {}
 #[allow(dead_code)]
 mod core {}
+#[allow(dead_code)]
+struct Streaming;
 
 #[::micro::message]
 pub struct Reply {
@@ -36,6 +38,13 @@ pub trait Calc {
     async fn neg(&self, a: i64) -> ::micro::Result<i64>;
     /// Zero.
     async fn zero(&self) -> ::micro::Result<::std::option::Option<i64>>;
+    /// Counts up.
+    async fn count(&self, to: i64, step: i64) -> ::micro::Result<::micro::Streaming<i64>>;
+    /// Adds up.
+    async fn total(&self, nums: ::micro::Streaming<i64>) -> ::micro::Result<i64>;
+    /// Echoes.
+    async fn echo(&self, nums: ::micro::Streaming<i64>)
+        -> ::micro::Result<::micro::Streaming<i64>>;
 }
 
 struct MyCalc;
@@ -50,6 +59,22 @@ impl Calc for MyCalc {
     }
     async fn zero(&self) -> ::micro::Result<::std::option::Option<i64>> {
         ::core::result::Result::Ok(::std::option::Option::None)
+    }
+    async fn count(&self, to: i64, step: i64) -> ::micro::Result<::micro::Streaming<i64>> {
+        ::core::result::Result::Ok(::micro::Streaming::iter(::std::iter::Iterator::step_by(
+            0..to,
+            step as usize,
+        )))
+    }
+    async fn total(&self, nums: ::micro::Streaming<i64>) -> ::micro::Result<i64> {
+        let _ = nums;
+        ::core::result::Result::Ok(0)
+    }
+    async fn echo(
+        &self,
+        nums: ::micro::Streaming<i64>,
+    ) -> ::micro::Result<::micro::Streaming<i64>> {
+        ::core::result::Result::Ok(nums)
     }
 }
 
@@ -70,7 +95,7 @@ impl Counter {
 
 fn main() {
     let routes = ::micro::server::Handler::routes(::std::sync::Arc::new(MyCalc));
-    ::std::assert_eq!(routes.len(), 3);
+    ::std::assert_eq!(routes.len(), 6);
     let routes = ::micro::server::Handler::routes(::std::sync::Arc::new(Counter));
     ::std::assert_eq!(routes[0].endpoint.name, "Counter.Echo");
 }
