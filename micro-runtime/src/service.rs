@@ -34,6 +34,7 @@ pub struct Service {
     ttl: Option<Duration>,
     interval: Option<Duration>,
     grace: Option<Duration>,
+    idle_timeout: Option<Duration>,
     max_frame: usize,
     routes: Vec<Route>,
 }
@@ -68,6 +69,7 @@ impl Service {
             ttl: None,
             interval: None,
             grace: None,
+            idle_timeout: None,
             max_frame: DEFAULT_MAX_FRAME,
             routes: Vec::new(),
         }
@@ -113,6 +115,13 @@ impl Service {
         self.grace = Some(d);
         self
     }
+    /// How long an open stream waits for the caller's next item (default
+    /// `MICRO_STREAM_IDLE_TIMEOUT`, else 5 min); a handler reading past it
+    /// gets a 408 item error.
+    pub fn stream_idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
     /// The bound on a frame's payload (default 16 MiB).
     pub fn max_frame(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
@@ -142,6 +151,10 @@ impl Service {
             .grace
             .or(crate::env::duration("MICRO_GRACE_PERIOD")?)
             .unwrap_or(DEFAULT_GRACE);
+        let idle_timeout = self
+            .idle_timeout
+            .or(crate::env::duration("MICRO_STREAM_IDLE_TIMEOUT")?)
+            .unwrap_or(crate::stream::DEFAULT_IDLE_TIMEOUT);
         let bind = self
             .address
             .or_else(|| crate::env::var("MICRO_SERVER_ADDRESS"))
@@ -159,7 +172,13 @@ impl Service {
             None => advertise_address(local, registry.local_only()).to_string(),
         };
 
-        let server = Server::start(&self.name, self.routes, listener, self.max_frame);
+        let server = Server::start(
+            &self.name,
+            self.routes,
+            listener,
+            self.max_frame,
+            idle_timeout,
+        );
         let node = Node {
             id: format!("{}-{:016x}", self.name, rand::random::<u64>()),
             address: advertise,

@@ -3,7 +3,7 @@
 //!
 //! Every stream is bounded in memory. On the wire the reader grants the
 //! writer credit (see `docs/protocol.md`): an [`Inbound`] returns credit only
-//! as the application consumes items, and the writer waits on its [`Credit`]
+//! as the application consumes items, and the writer waits on its `Credit`
 //! before sending more, so a slow reader slows its writer and nothing else.
 
 use crate::codec::ContentType;

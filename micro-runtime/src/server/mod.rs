@@ -148,6 +148,7 @@ impl Server {
         routes: Vec<Route>,
         listener: TcpListener,
         max_frame: usize,
+        idle_timeout: Duration,
     ) -> Server {
         let tracker = TaskTracker::new();
         let counters = Arc::new(Counters::new(tracker.clone()));
@@ -168,7 +169,7 @@ impl Server {
             draining: CancellationToken::new(),
             closed: CancellationToken::new(),
             max_frame,
-            idle_timeout: crate::stream::DEFAULT_IDLE_TIMEOUT,
+            idle_timeout,
         });
         let accept = tokio::spawn(accept_loop(Arc::clone(&shared), listener));
         Server {
