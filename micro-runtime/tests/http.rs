@@ -2,6 +2,9 @@
 //! written by others: `curl` for HTTP and Python's `websockets` package
 //! (through `tests/ws_client.py`) for WebSocket.
 
+mod common;
+use common::{settled, wait_until};
+
 use futures_util::StreamExt;
 use micro_runtime::server::{
     bidi_streaming, client_streaming, server_streaming, unary, EndpointDef, Handler, Route,
@@ -185,17 +188,6 @@ async fn start(max_frame: Option<usize>) -> (RunningService, Arc<Probe>, String)
     let svc = svc.start().await.unwrap();
     let addr = svc.local_addr().to_string();
     (svc, probe, addr)
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Runs a command off the runtime (the server shares it) and returns its stdout.
@@ -756,17 +748,4 @@ async fn websocket_clients_that_vanish_are_noticed_and_input_is_flow_controlled(
     .await;
     stalled.kill().unwrap();
     stalled.wait().unwrap();
-}
-
-/// Waits until `counter` stops moving for a while, and returns its value.
-async fn settled(counter: &AtomicUsize) -> usize {
-    let mut last = counter.load(Ordering::SeqCst);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = counter.load(Ordering::SeqCst);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
 }

@@ -1,6 +1,9 @@
 //! End-to-end calls over real TCP on loopback, with hand-written routes and the
 //! in-memory registry (the macro-generated path is tested in the `micro` crate).
 
+mod common;
+use common::wait_until;
+
 use micro_runtime::server::{unary, EndpointDef, Handler, Route};
 use micro_runtime::transport::frame::{self, flags, Frame, RequestHead};
 use micro_runtime::transport::FrameReader;
@@ -101,17 +104,6 @@ async fn start(reg: &MemoryRegistry) -> (micro_runtime::RunningService, Arc<Prob
         .await
         .unwrap();
     (svc, probe)
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

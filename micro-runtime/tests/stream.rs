@@ -2,6 +2,9 @@
 //! idle timeouts and flow control, with hand-written routes (the macro path is
 //! tested in the `micro` crate, the cross-process one in `tests/`).
 
+mod common;
+use common::{settled, wait_until};
+
 use futures_util::StreamExt;
 use micro_runtime::server::{
     bidi_streaming, client_streaming, server_streaming, unary, EndpointDef, Handler, Route,
@@ -147,30 +150,6 @@ async fn start(
         .await
         .unwrap();
     (svc, probe)
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits until `counter` stops moving for a while, and returns its value.
-async fn settled(counter: &AtomicUsize) -> usize {
-    let mut last = counter.load(Ordering::SeqCst);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = counter.load(Ordering::SeqCst);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
 }
 
 #[tokio::test]

@@ -184,21 +184,8 @@ impl Connection {
         }
         let (tx, rx) = oneshot::channel();
         let id = {
-            // Ids are taken and frames queued under one lock, so they reach the
-            // server in increasing order, as the protocol requires.
             let mut pending = inner.pending.lock().unwrap();
-            if inner.closed.load(Ordering::Acquire) {
-                return Err(CallError::Lost("connection closed".into()));
-            }
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-            if id >= u32::MAX - 1 {
-                // Ids exhausted: this connection takes no further calls; the pool dials a new one.
-                inner.closed.store(true, Ordering::Release);
-            }
-            frame::set_stream(&mut request, id);
-            if inner.tx.send(request).is_err() {
-                return Err(CallError::Lost("connection closed".into()));
-            }
+            let id = inner.send_request(&mut request)?;
             pending.insert(id, Slot::Call(tx));
             id
         };
@@ -247,17 +234,7 @@ impl Connection {
         }
         let (tx, rx) = oneshot::channel();
         let mut pending = inner.pending.lock().unwrap();
-        if inner.closed.load(Ordering::Acquire) {
-            return Err(CallError::Lost("connection closed".into()));
-        }
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        if id >= u32::MAX - 1 {
-            inner.closed.store(true, Ordering::Release);
-        }
-        frame::set_stream(&mut request, id);
-        if inner.tx.send(request).is_err() {
-            return Err(CallError::Lost("connection closed".into()));
-        }
+        let id = inner.send_request(&mut request)?;
         if !client_sends {
             let _ = inner
                 .tx
@@ -291,6 +268,25 @@ impl Connection {
 }
 
 impl Inner {
+    /// Gives `request` the next stream id and queues it. Called with the
+    /// pending map locked: ids are taken and frames queued under one lock, so
+    /// they reach the server in increasing order, as the protocol requires.
+    fn send_request(&self, request: &mut Vec<u8>) -> Result<u32, CallError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CallError::Lost("connection closed".into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if id >= u32::MAX - 1 {
+            // Ids exhausted: this connection takes no further calls; the pool dials a new one.
+            self.closed.store(true, Ordering::Release);
+        }
+        frame::set_stream(request, id);
+        self.tx
+            .send(std::mem::take(request))
+            .map_err(|_| CallError::Lost("connection closed".into()))?;
+        Ok(id)
+    }
+
     /// Abandons call `id`: the server cancels its handler.
     fn cancel(&self, id: u32) {
         if self.pending.lock().unwrap().remove(id).is_some() {
