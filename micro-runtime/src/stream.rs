@@ -273,14 +273,16 @@ impl Inbound {
             if let Poll::Ready(msg) = self.rx.poll_recv(cx) {
                 return Poll::Ready(Some(msg));
             }
-            let deadline = tokio::time::Instant::now() + self.idle;
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             if !armed {
-                timer.as_mut().reset(deadline);
+                // Read the clock once per wait, not on every wake-up.
+                let deadline = tokio::time::Instant::now() + self.idle;
+                match self.timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(deadline),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
                 armed = true;
             }
+            let timer = self.timer.as_mut().expect("armed above");
             timer.as_mut().poll(cx).map(|()| None)
         })
         .await
@@ -344,6 +346,15 @@ impl Credit {
     /// stream is closed.
     pub(crate) async fn take(&self, n: usize) -> bool {
         loop {
+            // Fast path: room (or closed) without touching the `Notify`, whose
+            // waiter list is behind a lock.
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.available.load(Ordering::Acquire) > 0 {
+                self.available.fetch_sub(n as i64, Ordering::AcqRel);
+                return true;
+            }
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -481,9 +492,14 @@ pub(crate) async fn pump(
     source: &str,
 ) {
     loop {
-        let next = tokio::select! {
-            next = AssertUnwindSafe(out.next()).catch_unwind() => next,
-            () = credit.closed() => return,
+        // An item that is ready needs no watch on the stream's closing (the
+        // credit check below sees it): only a pending stream races it.
+        let next = match futures_util::poll!(AssertUnwindSafe(out.next()).catch_unwind()) {
+            Poll::Ready(next) => next,
+            Poll::Pending => tokio::select! {
+                next = AssertUnwindSafe(out.next()).catch_unwind() => next,
+                () = credit.closed() => return,
+            },
         };
         let last = match next {
             Ok(Some(Ok(reply))) => {
