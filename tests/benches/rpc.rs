@@ -28,15 +28,15 @@
 //! `BENCH_WARMUP_MS` (default 2000; the throughput warm-up is half of it) and
 //! `BENCH_ONLY` (`micro` or `raw`: measure one side only, e.g. under a profiler).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+mod common;
+use common::*;
+
+use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
-use micro::registry::{Node, ServiceRecord};
 use micro::server::{unary, EndpointDef, Handler, Route};
-use micro::{CallOptions, Client, MemoryRegistry, Registry, Service};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use micro::{CallOptions, Client, MemoryRegistry, Service};
+use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,37 +47,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 /// Calls in flight for the throughput measurement.
 const CONCURRENCY: usize = 64;
 /// The service name and endpoint of the micro server.
-const SERVICE: &str = "bench";
 const ENDPOINT: &str = "Bench.Echo";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EchoRequest {
-    name: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EchoReply {
-    message: String,
-}
-
-fn reply_to(req: EchoRequest) -> EchoReply {
-    EchoReply {
-        message: format!("Hello, {}", req.name),
-    }
-}
-
-fn request() -> EchoRequest {
-    EchoRequest {
-        name: "bench-client-0001".into(),
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -126,19 +96,6 @@ struct Config {
 // ---------------------------------------------------------------------------
 // Server processes
 // ---------------------------------------------------------------------------
-
-/// Prints the port for the parent, then waits until the parent closes our stdin.
-async fn announce_and_wait(port: u16) {
-    println!("{port}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = tokio::task::spawn_blocking(|| {
-        let mut buf = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-    })
-    .await;
-}
 
 struct Bench;
 
@@ -206,15 +163,6 @@ async fn raw_serve_conn(stream: TcpStream) {
             let _ = tx.send(encode_frame(id, &reply_to(req)));
         });
     }
-}
-
-/// `u32 id | msgpack body` (the length prefix is added by the codec).
-fn encode_frame<T: Serialize>(id: u32, value: &T) -> Bytes {
-    let mut buf = BytesMut::with_capacity(64);
-    buf.put_u32(id);
-    let mut w = (&mut buf).writer();
-    rmp_serde::encode::write_named(&mut w, value).expect("encodes");
-    buf.freeze()
 }
 
 /// The writer task of a raw connection: feeds whatever is queued, flushes when
@@ -313,51 +261,6 @@ impl RawClient {
 // The parent: spawn servers, measure, report
 // ---------------------------------------------------------------------------
 
-/// A server child process; closing its stdin (on drop) tells it to exit.
-struct ServerProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    port: u16,
-}
-
-impl ServerProc {
-    fn spawn(flag: &str) -> ServerProc {
-        let exe = std::env::current_exe().expect("current exe");
-        let mut child = Command::new(exe)
-            .arg(flag)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn server process");
-        let stdin = child.stdin.take();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read port");
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("server {flag} printed {line:?}, not a port"));
-        ServerProc { child, stdin, port }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What one implementation looks like to the measuring loops.
 #[derive(Clone)]
 enum Caller {
@@ -389,46 +292,14 @@ struct Sample {
     cpu_us_per_call: f64,
 }
 
-/// CPU time (user + system) consumed so far by process `pid`, from `/proc` (Linux);
-/// `None` elsewhere. Ticks are taken as 1/100 s, the Linux `USER_HZ`.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
 async fn connect(which: &str, port: u16) -> Caller {
     let addr = format!("127.0.0.1:{port}");
     match which {
-        "micro" => {
-            // The server lives in another process, so it cannot share an in-memory
-            // registry with us; we register its node in our own by hand. This is
-            // the registry abstraction doing its job: the client still resolves
-            // the service by name through its cache, selector and pool.
-            let registry = MemoryRegistry::new();
-            let record = ServiceRecord {
-                name: SERVICE.into(),
-                version: "bench".into(),
-                nodes: vec![Node {
-                    id: format!("{SERVICE}-remote"),
-                    address: addr,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
-            registry
-                .register(&record, Duration::from_secs(24 * 3600))
-                .await
-                .expect("register");
-            let client = Client::builder()
-                .registry(Arc::new(registry))
-                .build()
-                .expect("client");
-            Caller::Micro(client)
-        }
+        // The server lives in another process, so it cannot share an in-memory
+        // registry with us: `micro_client` registers its node in one of our own.
+        // The client still resolves the service by name through its cache,
+        // selector and pool.
+        "micro" => Caller::Micro(micro_client(port).await),
         _ => Caller::Raw(RawClient::connect(&addr).await.expect("raw connect")),
     }
 }
@@ -528,16 +399,6 @@ async fn throughput(caller: &Caller, server_pid: u32, cfg: &Config) -> (f64, f64
         _ => f64::NAN,
     };
     ((c1 - c0) as f64 / (t1 - t0).as_secs_f64(), cpu_us_per_call)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn run(cfg: &Config, only: Option<&str>) {
@@ -678,21 +539,5 @@ fn run(cfg: &Config, only: Option<&str>) {
             "p50_max_ratio": 1.15, "p50_met": p50 <= 1.15,
         });
     }
-    let path = target_dir().join("bench-rpc.json");
-    match std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&json).expect("json") + "\n",
-    ) {
-        Ok(()) => println!("results written to {}", path.display()),
-        Err(e) => eprintln!("could not write {}: {e}", path.display()),
-    }
-}
-
-/// The cargo target directory: the bench runs as `<target>/<profile>/deps/rpc-<hash>`.
-fn target_dir() -> std::path::PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(|p| p.to_path_buf()))
-        .filter(|p| p.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+    write_results("bench-rpc.json", &json);
 }

@@ -53,19 +53,18 @@
 //! skips HTTP), `BENCH_PART` (`stream` or `http`), `BENCH_SIZE` (64 or 65536)
 //! and `BENCH_STREAMS` (1 or 16) to run some stream cases only.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+mod common;
+use common::*;
+
+use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use micro::registry::{Node, ServiceRecord};
 use micro::server::{server_streaming, unary, EndpointDef, Handler, Route};
-use micro::{CallOptions, Client, MemoryRegistry, Registry, Service, Streaming};
-use serde::{Deserialize, Serialize};
+use micro::{CallOptions, Client, MemoryRegistry, Service, Streaming};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,7 +74,6 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The service name and endpoints of the micro server.
-const SERVICE: &str = "bench";
 const FLOOD: &str = "Bench.Flood";
 const ECHO: &str = "Bench.Echo";
 /// Item sizes and stream counts of the streaming cases.
@@ -94,40 +92,11 @@ const STALL: Duration = Duration::from_secs(10);
 /// The target: micro's stream throughput against raw.
 const TARGET: f64 = 0.8;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EchoRequest {
-    name: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EchoReply {
-    message: String,
-}
-
-fn reply_to(req: EchoRequest) -> EchoReply {
-    EchoReply {
-        message: format!("Hello, {}", req.name),
-    }
-}
-
-fn request() -> EchoRequest {
-    EchoRequest {
-        name: "bench-client-0001".into(),
-    }
-}
-
 const EXPECTED: &str = "Hello, bench-client-0001";
 
 /// The item every stream repeats: `size` bytes of `'x'`.
 fn item(size: usize) -> ByteBuf {
     ByteBuf::from(vec![b'x'; size])
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 fn main() {
@@ -259,19 +228,6 @@ impl Case {
 // Server processes
 // ---------------------------------------------------------------------------
 
-/// Prints the port for the parent, then waits until the parent closes our stdin.
-async fn announce_and_wait(port: u16) {
-    println!("{port}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = tokio::task::spawn_blocking(|| {
-        let mut buf = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-    })
-    .await;
-}
-
 struct Bench;
 
 impl Handler for Bench {
@@ -373,15 +329,6 @@ async fn raw_serve_conn(stream: TcpStream) {
     for p in producers.values() {
         p.abort();
     }
-}
-
-/// `u32 id | msgpack body` (the length prefix is added by the codec).
-fn encode_frame<T: Serialize>(id: u32, value: &T) -> Bytes {
-    let mut buf = BytesMut::with_capacity(64);
-    buf.put_u32(id);
-    let mut w = (&mut buf).writer();
-    rmp_serde::encode::write_named(&mut w, value).expect("encodes");
-    buf.freeze()
 }
 
 /// The writer task of a raw connection: takes whatever is queued (up to
@@ -537,97 +484,6 @@ impl Drop for RawStream {
 // ---------------------------------------------------------------------------
 // The parent: spawn servers, measure, report
 // ---------------------------------------------------------------------------
-
-/// A server child process; closing its stdin (on drop) tells it to exit.
-struct ServerProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    port: u16,
-}
-
-impl ServerProc {
-    fn spawn(flag: &str) -> ServerProc {
-        let exe = std::env::current_exe().expect("current exe");
-        let mut child = Command::new(exe)
-            .arg(flag)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn server process");
-        let stdin = child.stdin.take();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read port");
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("server {flag} printed {line:?}, not a port"));
-        ServerProc { child, stdin, port }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// CPU time (user + system) consumed so far by process `pid`, from `/proc` (Linux);
-/// `None` elsewhere. Ticks are taken as 1/100 s, the Linux `USER_HZ`.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// CPU time of this process and the server's.
-fn both_cpu(server_pid: u32) -> Option<Duration> {
-    Some(cpu_time(std::process::id())? + cpu_time(server_pid)?)
-}
-
-/// A micro client that reaches the server at `port` through its own registry
-/// (the server lives in another process, so it cannot share an in-memory
-/// one), with one connection per node: every call and stream multiplexed on it.
-async fn micro_client(port: u16) -> Client {
-    let registry = MemoryRegistry::new();
-    let record = ServiceRecord {
-        name: SERVICE.into(),
-        version: "bench".into(),
-        nodes: vec![Node {
-            id: format!("{SERVICE}-remote"),
-            address: format!("127.0.0.1:{port}"),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    registry
-        .register(&record, Duration::from_secs(24 * 3600))
-        .await
-        .expect("register");
-    Client::builder()
-        .registry(Arc::new(registry))
-        .pool_size(1)
-        .build()
-        .expect("client")
-}
 
 // --- streaming -------------------------------------------------------------
 
@@ -919,19 +775,6 @@ async fn throughput(caller: &Caller, server_pid: u32, cfg: &Config) -> (f64, f64
 
 // --- the run -----------------------------------------------------------------
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Runs what `sel` asks for; `false` when HTTP/JSON failed (a missed target
 /// is reported, not an error).
 fn run(cfg: &Config, sel: &Selection) -> bool {
@@ -1197,22 +1040,6 @@ fn report(
         }
     }
 
-    let path = target_dir().join("bench-stream.json");
-    match std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&json).expect("json") + "\n",
-    ) {
-        Ok(()) => println!("results written to {}", path.display()),
-        Err(e) => eprintln!("could not write {}: {e}", path.display()),
-    }
+    write_results("bench-stream.json", &json);
     ok
-}
-
-/// The cargo target directory: the bench runs as `<target>/<profile>/deps/stream-<hash>`.
-fn target_dir() -> std::path::PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(|p| p.to_path_buf()))
-        .filter(|p| p.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
