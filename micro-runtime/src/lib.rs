@@ -8,6 +8,7 @@ pub mod codec;
 pub mod context;
 pub mod env;
 pub mod error;
+pub mod events;
 pub mod registry;
 pub mod selector;
 pub mod server;
