@@ -83,6 +83,9 @@ impl Counters {
     }
 }
 
+/// How long shutdown waits for the connections to write their last replies.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
 /// What every connection of a server shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -91,6 +94,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Handler tasks, waited for on shutdown.
     pub(crate) tracker: TaskTracker,
+    /// Connection tasks: on shutdown, waited for (briefly) after the handlers,
+    /// so that the replies the handlers queued are written before it returns.
+    connections: TaskTracker,
     /// Cancelled when shutdown starts: connections send go-away and refuse new calls.
     pub(crate) draining: CancellationToken,
     /// Cancelled when shutdown ends: connections close and abort what is left.
@@ -166,6 +172,7 @@ impl Server {
             routes: table,
             counters,
             tracker,
+            connections: TaskTracker::new(),
             draining: CancellationToken::new(),
             closed: CancellationToken::new(),
             max_frame,
@@ -200,6 +207,16 @@ impl Server {
             .await
             .is_ok();
         self.shared.closed.cancel();
+        // The calls are done, but their replies may still sit in the
+        // connections' write queues: a process exiting right after this
+        // would drop them, and the callers would retry calls that ran.
+        self.shared.connections.close();
+        if tokio::time::timeout(FLUSH_WAIT, self.shared.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(service = %self.shared.service, "connections still open after the flush wait");
+        }
         drained
     }
 }
@@ -208,7 +225,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(conn::serve(Arc::clone(&shared), stream, peer));
+                shared
+                    .connections
+                    .spawn(conn::serve(Arc::clone(&shared), stream, peer));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
