@@ -17,6 +17,7 @@ mod naming;
 mod routes;
 mod rules;
 mod service;
+mod subscriber;
 
 use proc_macro::TokenStream;
 
@@ -65,6 +66,40 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     handler::handler(attr.into(), item.into()).into()
+}
+
+/// Subscribes an `async fn` of one message to a topic.
+///
+/// ```ignore
+/// #[micro::subscriber(topic = "user.created", queue = "mailer")]
+/// async fn on_user_created(event: UserCreated) -> micro::Result<()> {
+///     Ok(())
+/// }
+///
+/// Service::new("mailer").subscriber(on_user_created)
+/// ```
+///
+/// `topic` is required; `queue` makes the subscriber one member of a queue
+/// group (each message goes to one member), without it every subscriber gets
+/// every message. The function becomes a unit struct of the same name that
+/// `Service::subscriber` takes; it stays callable as `on_user_created::call(..)`.
+/// Returning an error retries the message, then dead-letters it.
+///
+/// On an impl block, `#[micro::subscriber]` (no arguments) subscribes every
+/// method marked `#[subscriber(topic = "..")]`; the methods take `&self`:
+///
+/// ```ignore
+/// #[micro::subscriber]
+/// impl Mailer {
+///     #[subscriber(topic = "user.created", queue = "mailer")]
+///     async fn welcome(&self, event: UserCreated) -> micro::Result<()> { Ok(()) }
+/// }
+///
+/// Service::new("mailer").subscriber(Mailer::new())
+/// ```
+#[proc_macro_attribute]
+pub fn subscriber(attr: TokenStream, item: TokenStream) -> TokenStream {
+    subscriber::subscriber(attr.into(), item.into()).into()
 }
 
 /// Makes a struct or enum a message: serde's `Serialize` and `Deserialize`,

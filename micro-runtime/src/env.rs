@@ -14,11 +14,24 @@
 //! | `MICRO_CLIENT_RETRIES` | retries on connection failures | `2` |
 //! | `MICRO_CLIENT_POOL_SIZE` | connections per node | `1` |
 //! | `MICRO_SELECTOR` | `random` or `roundrobin` | `random` |
+//! | `MICRO_BROKER` | the pub/sub broker: `native`, `memory`, `nats` or `redis` | `native` |
+//! | `MICRO_BROKER_ADDRESS` | the server of a `nats` or `redis` broker; the listen address of the `native` one | see below |
+//! | `MICRO_EVENTS` | the durable events backend: `file`, `nats` or `redis` | `file` |
+//! | `MICRO_EVENTS_ADDRESS` | the server of a `nats` or `redis` events backend | see below |
+//! | `MICRO_EVENTS_DIR` | the directory of the `file` events log | `./.micro/events` |
+//!
+//! A remote backend without an address dials the local default:
+//! [`DEFAULT_NATS_ADDRESS`] or [`DEFAULT_REDIS_ADDRESS`].
 //!
 //! Durations are written `250ms`, `5s`, `2m` (a bare number is seconds).
 
 use crate::error::{Error, Result};
 use std::time::Duration;
+
+/// The NATS server a `nats` broker or events backend dials by default.
+pub const DEFAULT_NATS_ADDRESS: &str = "nats://127.0.0.1:4222";
+/// The Redis server a `redis` broker or events backend dials by default.
+pub const DEFAULT_REDIS_ADDRESS: &str = "redis://127.0.0.1:6379";
 
 /// Reads a variable; unset or empty is `None`.
 pub fn var(name: &str) -> Option<String> {

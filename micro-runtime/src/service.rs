@@ -1,5 +1,6 @@
 //! A service: a server plus its registration, with a graceful lifecycle.
 
+use crate::broker::{self, Broker, Subscriber, Subscription, TopicHandler};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::registry::{Node, Registry, ServiceRecord};
@@ -10,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 /// Default registration TTL.
@@ -37,6 +39,8 @@ pub struct Service {
     idle_timeout: Option<Duration>,
     max_frame: usize,
     routes: Vec<Route>,
+    broker: Option<Arc<dyn Broker>>,
+    subscribers: Vec<TopicHandler>,
 }
 
 impl std::fmt::Debug for Service {
@@ -50,6 +54,14 @@ impl std::fmt::Debug for Service {
                     .routes
                     .iter()
                     .map(|r| r.endpoint.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "subscribers",
+                &self
+                    .subscribers
+                    .iter()
+                    .map(|s| s.topic.as_str())
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
@@ -72,6 +84,8 @@ impl Service {
             idle_timeout: None,
             max_frame: DEFAULT_MAX_FRAME,
             routes: Vec::new(),
+            broker: None,
+            subscribers: Vec::new(),
         }
     }
 
@@ -130,6 +144,26 @@ impl Service {
     /// Serves the endpoints of `handler`.
     pub fn handler<H: Handler>(mut self, handler: H) -> Self {
         self.routes.extend(Arc::new(handler).routes());
+        self
+    }
+
+    /// Subscribes the subscriptions of `subscriber` (a `#[micro::subscriber]`
+    /// function or impl) when the service starts.
+    pub fn subscriber<S: Subscriber>(mut self, subscriber: S) -> Self {
+        self.subscribers
+            .extend(Arc::new(subscriber).subscriptions());
+        self
+    }
+    /// Subscribes a hand-built handler, with every option of
+    /// [`broker::SubscribeOptions`].
+    pub fn subscribe(mut self, subscription: TopicHandler) -> Self {
+        self.subscribers.push(subscription);
+        self
+    }
+    /// The broker to subscribe and publish with (default `MICRO_BROKER`, else
+    /// the native broker on this service's registry).
+    pub fn broker(mut self, b: Arc<dyn Broker>) -> Self {
+        self.broker = Some(b);
         self
     }
 
@@ -207,6 +241,20 @@ impl Service {
             interval,
         ));
         let client = Client::with_registry(Arc::clone(&registry))?;
+        let broker = Brokerage {
+            cell: OnceCell::new_with(self.broker.clone()),
+            owned: self.broker.is_none(),
+            registry: Arc::clone(&registry),
+        };
+        let subscriptions = match broker.subscribe_all(self.subscribers).await {
+            Ok(subs) => subs,
+            Err(e) => {
+                let _ = registry.deregister(&record).await;
+                refresher.abort();
+                server.shutdown(Duration::ZERO).await;
+                return Err(e);
+            }
+        };
         tracing::info!(service = %record.name, node = %record.nodes[0].id, address = %record.nodes[0].address, registry = registry.name(), "serving");
         Ok(RunningService {
             record,
@@ -216,6 +264,8 @@ impl Service {
             refresher,
             client,
             grace,
+            broker,
+            subscriptions,
         })
     }
 
@@ -239,7 +289,7 @@ fn normalize_bind(bind: &str) -> String {
 }
 
 /// The address to register for a listener bound to `local`.
-fn advertise_address(local: SocketAddr, local_only: bool) -> SocketAddr {
+pub(crate) fn advertise_address(local: SocketAddr, local_only: bool) -> SocketAddr {
     if !local.ip().is_unspecified() {
         return local;
     }
@@ -259,7 +309,7 @@ fn first_non_loopback_ipv4() -> Option<IpAddr> {
         .find(|ip| ip.is_ipv4() && !ip.is_loopback())
 }
 
-async fn refresh(
+pub(crate) async fn refresh(
     registry: Arc<dyn Registry>,
     record: ServiceRecord,
     ttl: Duration,
@@ -308,6 +358,49 @@ pub struct RunningService {
     refresher: JoinHandle<()>,
     client: Client,
     grace: Duration,
+    broker: Brokerage,
+    subscriptions: Vec<Subscription>,
+}
+
+/// A service's broker: given in code, or made from the environment on first use.
+struct Brokerage {
+    cell: OnceCell<Arc<dyn Broker>>,
+    /// Whether the service made it (and so shuts it down).
+    owned: bool,
+    registry: Arc<dyn Registry>,
+}
+
+impl Brokerage {
+    async fn get(&self) -> Result<&Arc<dyn Broker>> {
+        self.cell
+            .get_or_try_init(|| broker::from_env(Arc::clone(&self.registry)))
+            .await
+    }
+
+    /// Subscribes every handler, or none: on an error the ones made are ended.
+    async fn subscribe_all(&self, handlers: Vec<TopicHandler>) -> Result<Vec<Subscription>> {
+        let mut subs = Vec::with_capacity(handlers.len());
+        for h in handlers {
+            let subscribed = match self.get().await {
+                Ok(b) => b.subscribe(&h.topic, h.options, h.handler).await,
+                Err(e) => Err(e),
+            };
+            match subscribed {
+                Ok(sub) => subs.push(sub),
+                Err(e) => {
+                    for sub in subs {
+                        sub.unsubscribe().await;
+                    }
+                    return Err(Error::new(
+                        e.id,
+                        e.code,
+                        format!("cannot subscribe to `{}`: {}", h.topic, e.detail),
+                    ));
+                }
+            }
+        }
+        Ok(subs)
+    }
 }
 
 impl std::fmt::Debug for RunningService {
@@ -341,20 +434,43 @@ impl RunningService {
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.registry
     }
+    /// The broker this service subscribes and publishes with (made from the
+    /// environment on first use unless one was given).
+    pub async fn broker(&self) -> Result<&Arc<dyn Broker>> {
+        self.broker.get().await
+    }
+    /// Publishes `value` (MessagePack) to `topic`; returns the message id. The
+    /// current [`crate::Context`]'s trace id and metadata travel with it.
+    pub async fn publish<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<String> {
+        broker::publish(&**self.broker().await?, topic, value).await
+    }
     /// Current request counters.
     pub fn stats(&self) -> Stats {
         self.server.stats()
     }
 
-    /// Deregisters, stops accepting, waits for in-flight calls (up to the grace
-    /// period), and closes every connection.
+    /// Unsubscribes, deregisters, stops accepting, waits for in-flight calls
+    /// and deliveries (up to the grace period), and closes every connection.
     pub async fn stop(self) -> Result<()> {
+        // Subscriptions first: publishers turn to other members at once.
+        for sub in self.subscriptions {
+            sub.unsubscribe().await;
+        }
         self.refresher.abort();
         if let Err(e) = self.registry.deregister(&self.record).await {
             tracing::warn!(service = %self.record.name, error = %e, "deregistration failed");
         }
         if !self.server.shutdown(self.grace).await {
             tracing::warn!(service = %self.record.name, grace = ?self.grace, "grace period over; cancelled the calls still running");
+        }
+        if self.broker.owned {
+            if let Some(b) = self.broker.cell.get() {
+                b.shutdown(self.grace).await;
+            }
         }
         Ok(())
     }

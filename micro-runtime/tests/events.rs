@@ -1,10 +1,13 @@
 //! The event streams and their embedded file log: delivery semantics, restarts,
 //! crash safety and recovery from damaged files.
 
+mod common;
+use common::{drain, earliest, md, next, none_within, publish, text, TempDir, WAIT};
+
 use bytes::Bytes;
 use micro_runtime::events::{
-    self, ConsumeOptions, Consumer, Delivery, Events, FileEvents, StartAt, DEAD_ATTEMPTS_KEY,
-    DEAD_ERROR_KEY, DEAD_GROUP_KEY, DEAD_ID_KEY, DEAD_TOPIC_KEY,
+    self, ConsumeOptions, Events, FileEvents, StartAt, DEAD_ATTEMPTS_KEY, DEAD_ERROR_KEY,
+    DEAD_GROUP_KEY, DEAD_ID_KEY, DEAD_TOPIC_KEY,
 };
 use micro_runtime::Metadata;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,73 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// How long a test waits for something that should happen.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "micro-events-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn log(&self, topic: &str) -> PathBuf {
-        self.0.join("topics").join(topic).join("events.log")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn md(pairs: &[(&str, &str)]) -> Metadata {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-async fn publish(events: &dyn Events, topic: &str, payload: &str) -> String {
-    events
-        .publish(topic, Bytes::from(payload.to_owned()), Metadata::new())
-        .await
-        .unwrap()
-}
-
-/// The next delivery, failing the test if none comes in time.
-async fn next(consumer: &mut Consumer) -> Delivery {
-    tokio::time::timeout(WAIT, consumer.next_delivery())
-        .await
-        .expect("no delivery in time")
-        .expect("delivery failed")
-        .expect("the consumer ended")
-}
-
-/// Asserts that no delivery comes within `d`.
-async fn none_within(consumer: &mut Consumer, d: Duration) {
-    if let Ok(r) = tokio::time::timeout(d, consumer.next_delivery()).await {
-        panic!(
-            "unexpected delivery: {:?}",
-            r.map(|d| d.map(|d| d.event().clone()))
-        );
-    }
-}
-
-fn text(d: &Delivery) -> String {
-    String::from_utf8(d.event().payload.to_vec()).unwrap()
-}
-
-fn earliest(group: &str) -> ConsumeOptions {
-    ConsumeOptions::new(group).start(StartAt::Earliest)
+/// The log file of `topic` in the directory of a file log.
+fn log_file(dir: &TempDir, topic: &str) -> PathBuf {
+    dir.0.join("topics").join(topic).join("events.log")
 }
 
 #[tokio::test]
@@ -149,32 +88,6 @@ async fn typed_events_round_trip() {
     assert_eq!(d.event().metadata["Content-Type"], "application/msgpack");
     assert_eq!(d.event().decode::<Created>().unwrap(), value);
     assert_eq!(d.event().decode::<Vec<String>>().unwrap_err().code, 400);
-}
-
-/// Acks everything `consumer` gets, recording the payloads under `name`,
-/// until `total` events were recorded under all names together.
-fn drain(
-    name: &'static str,
-    mut consumer: Consumer,
-    seen: Arc<Mutex<Vec<(&'static str, String)>>>,
-    total: usize,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            if seen.lock().unwrap().len() >= total {
-                return;
-            }
-            let Ok(d) =
-                tokio::time::timeout(Duration::from_millis(50), consumer.next_delivery()).await
-            else {
-                continue;
-            };
-            let d = d.unwrap().unwrap();
-            seen.lock().unwrap().push((name, text(&d)));
-            d.ack().await.unwrap();
-            tokio::task::yield_now().await;
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,7 +421,7 @@ fn acknowledged_work_survives_sigkill() {
         return crash_child(&dir);
     }
     let dir = TempDir::new("crash");
-    let log = dir.log("crash");
+    let log = log_file(&dir, "crash");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut said = ChildSaid::default();
     // Events of group `worker` that are done: acked by a child or by us.
@@ -605,7 +518,7 @@ async fn publish_and_measure(dir: &TempDir, topic: &str, payloads: &[&str]) -> V
     let mut lens = Vec::new();
     for p in payloads {
         publish(&events, topic, p).await;
-        lens.push(std::fs::metadata(dir.log(topic)).unwrap().len());
+        lens.push(std::fs::metadata(log_file(dir, topic)).unwrap().len());
     }
     lens
 }
@@ -643,7 +556,7 @@ fn append(path: &Path, bytes: &[u8]) {
 async fn a_torn_tail_is_cut_off_and_earlier_events_kept() {
     let dir = TempDir::new("torn");
     let lens = publish_and_measure(&dir, "t", &["a", "b", "c"]).await;
-    let log = dir.log("t");
+    let log = log_file(&dir, "t");
     let bytes = std::fs::read(&log).unwrap();
     // Half of a record, as a crash in the middle of a write leaves it.
     let last = &bytes[lens[1] as usize..lens[2] as usize];
@@ -670,7 +583,7 @@ async fn a_torn_tail_is_cut_off_and_earlier_events_kept() {
 async fn a_corrupt_record_is_skipped_and_the_rest_readable() {
     let dir = TempDir::new("flip");
     let lens = publish_and_measure(&dir, "t", &["first", "second", "third"]).await;
-    let log = dir.log("t");
+    let log = log_file(&dir, "t");
     let mut bytes = std::fs::read(&log).unwrap();
     bytes[lens[1] as usize - 3] ^= 0x20; // in the payload of the second
     std::fs::write(&log, &bytes).unwrap();

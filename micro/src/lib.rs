@@ -49,7 +49,7 @@
 //! `docs/protocol.md` in the repository describe the design and the wire format.
 #![doc(html_root_url = "https://docs.rs/micro/0.1.0")]
 
-pub use micro_macros::{handler, main, message, service};
+pub use micro_macros::{handler, main, message, service, subscriber};
 pub use micro_runtime::*;
 
 /// Crates generated code and users reach through `micro`.
@@ -58,7 +58,7 @@ pub use tokio;
 
 /// The names most programs need.
 pub mod prelude {
-    pub use crate::{handler, message, service};
+    pub use crate::{handler, message, service, subscriber};
     pub use micro_runtime::stream::StreamExt;
     pub use micro_runtime::{Client, Context, Error, Result, Service, StreamSender, Streaming};
 }
@@ -66,6 +66,7 @@ pub mod prelude {
 /// What generated code refers to. Not public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
+    pub use micro_runtime::broker::{topic_handler, Subscriber, TopicHandler};
     pub use micro_runtime::client::{CallOptions, Client, ServiceClient};
     pub use micro_runtime::server::{
         bidi_streaming, client_streaming, server_streaming, unary, EndpointDef, Handler, Route,

@@ -191,3 +191,34 @@ pub fn free_udp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The message of the pub/sub and event-stream tests: a numbered message.
+#[micro::message]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered {
+    /// Its number, unique within a test run.
+    pub id: u64,
+}
+
+/// Appends `id` as a line to `file` (opened with `append`) in one `write`, so
+/// a process killed at any point leaves whole lines only.
+pub fn append_id(mut file: &std::fs::File, id: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    file.write_all(format!("{id}\n").as_bytes())
+}
+
+/// The ids a file of [`append_id`] lines holds, in file order (none if the
+/// file does not exist).
+pub fn read_ids(path: &std::path::Path) -> Vec<u64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(|l| {
+                l.parse()
+                    .unwrap_or_else(|_| panic!("bad line {l:?} in {}", path.display()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    }
+}

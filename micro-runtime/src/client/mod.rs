@@ -464,6 +464,52 @@ impl Client {
         Err(attempts.give_up(service, endpoint, deadline, &opts))
     }
 
+    /// Calls `endpoint` of `service` on `node` once: no selection, no retry
+    /// (the native broker picks its nodes itself). `Err` says why the node did
+    /// not answer (unreachable, connection lost, draining, timed out); `Ok`
+    /// holds its reply.
+    pub(crate) async fn call_node(
+        &self,
+        node: &Node,
+        service: &str,
+        endpoint: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> std::result::Result<Result<Bytes>, String> {
+        let opts = self
+            .inner
+            .defaults
+            .merge(&CallOptions::new().timeout(timeout));
+        let (deadline, metadata, trace_id) = self.prepare(&opts).map_err(|e| e.to_string())?;
+        let head = RequestHead {
+            service,
+            endpoint,
+            content_type: ContentType::MsgPack.as_str(),
+            timeout_us: timeout.as_micros().min(u64::MAX as u128) as u64,
+            trace_id: trace_id.0,
+            metadata: Cow::Borrowed(&metadata),
+        };
+        let write_body = |out: &mut Vec<u8>| {
+            out.extend_from_slice(body);
+            Ok(())
+        };
+        let request = frame::request_with(0, flags::END_STREAM, &head, write_body)
+            .map_err(|e| e.to_string())?;
+        let pool = &self.inner.pool;
+        let outcome = match pool.get(&node.address, timeout).await {
+            Ok(conn) => conn.call(request, deadline).await,
+            Err(e) => Err(e),
+        };
+        outcome.map_err(|e| match e {
+            CallError::Lost(why) => {
+                pool.mark_failed(&node.address);
+                why
+            }
+            CallError::Refused(e) => e.to_string(),
+            CallError::Timeout => format!("no reply within {timeout:?}"),
+        })
+    }
+
     /// The deadline, metadata and trace id of a call made now: a call made
     /// while serving another carries its deadline, metadata and trace id on.
     fn prepare(&self, opts: &CallOptions) -> Result<(Instant, Metadata, TraceId)> {

@@ -1,9 +1,19 @@
 //! Durable event streams: publish events to a topic, consume them in groups,
 //! acknowledge each one.
 //!
-//! [`Events`] is the interface; [`FileEvents`], an embedded append-only log in
-//! a local directory, is the default backend (NATS JetStream and Redis Streams
-//! are to come behind the same trait).
+//! [`Events`] is the interface, with three backends:
+//!
+//! - [`FileEvents`], an embedded append-only log in a local directory: the
+//!   default, nothing to run;
+//! - `JetStreamEvents` (feature `nats`), a stream per topic and a durable
+//!   consumer per group in NATS JetStream (nats-server 2.9 or later);
+//! - `RedisEvents` (feature `redis`), a stream per topic and a consumer group
+//!   per group in Redis Streams (Redis 6.2 or later).
+//!
+//! All honour the semantics below; each backend's docs say how it maps
+//! topics, groups and events onto its server, and where it differs in detail
+//! (with a remote backend, for instance, what a stopped process held comes
+//! back after `ack_wait` rather than at once).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -56,26 +66,44 @@
 //!   and the group goes on.
 //! - **Order.** New events are delivered in publish order; redeliveries come
 //!   before new events once due, so a retried event may overtake later ones.
-//! - **Ids** are strings chosen by the backend, increasing within a topic; for
-//!   the file log, the decimal sequence number of the event in its topic (`1`,
-//!   `2`, ...), to be compared as numbers.
+//! - **Ids** are strings chosen by the backend, increasing within a topic in
+//!   publish order:
+//!   - file log and NATS JetStream: the decimal sequence number of the event
+//!     in its topic (`1`, `2`, ...), to be compared as numbers;
+//!   - Redis Streams: the stream entry id `<ms>-<n>` (`1700000000000-0`), the
+//!     server's clock in milliseconds and a counter within that millisecond,
+//!     to be compared as a pair of numbers (not as text).
+//!
+//!   [`StartAt::Id`] takes an id in the backend's form.
 //!
 //! # Environment
 //!
 //! | variable | meaning | default |
 //! | --- | --- | --- |
-//! | `MICRO_EVENTS` | the backend: `file` (`nats` and `redis` are not built yet) | `file` |
-//! | `MICRO_EVENTS_ADDRESS` | the server of a remote backend | — |
-//! | `MICRO_EVENTS_DIR` | the directory of the file log | `./.micro/events` |
+//! | `MICRO_EVENTS` | the backend: `file`, `nats` or `redis` (the last two need the crate features of the same name) | `file` |
+//! | `MICRO_EVENTS_ADDRESS` | the server of the `nats` or `redis` backend | `nats://127.0.0.1:4222`, `redis://127.0.0.1:6379` |
+//! | `MICRO_EVENTS_DIR` | the directory of the `file` log | `./.micro/events` |
 
 mod file;
 mod group;
 mod log;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use file::FileEvents;
+#[cfg(feature = "nats")]
+pub use nats::JetStreamEvents;
+#[cfg(feature = "redis")]
+pub use redis::RedisEvents;
 
 use crate::codec::ContentType;
 use crate::context::Metadata;
+#[cfg(feature = "nats")]
+use crate::env::DEFAULT_NATS_ADDRESS;
+#[cfg(feature = "redis")]
+use crate::env::DEFAULT_REDIS_ADDRESS;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -230,15 +258,12 @@ impl ConsumeOptions {
 
     /// The dead-letter topic for events of `topic`.
     pub fn dead_letter_topic(&self, topic: &str) -> String {
-        self.dead_letter
-            .clone()
-            .unwrap_or_else(|| format!("{topic}.dead"))
+        dead_letter_topic(self.dead_letter.as_deref(), topic)
     }
 
     /// The delay before redelivering an event that failed its `attempt`-th delivery.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        self.retry_backoff
-            .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        backoff(self.retry_backoff, attempt)
     }
 
     /// Checks the options for `topic`: names, and limits of at least 1.
@@ -261,6 +286,18 @@ impl ConsumeOptions {
     }
 }
 
+/// The dead-letter topic of `topic`: the one chosen, else `<topic>.dead`
+/// (shared with the broker's subscriptions).
+pub(crate) fn dead_letter_topic(chosen: Option<&str>, topic: &str) -> String {
+    chosen.map_or_else(|| format!("{topic}.dead"), str::to_owned)
+}
+
+/// The delay after the `attempt`-th failed delivery: `base`, doubling with
+/// each attempt, up to 64 times `base` (shared with the broker's retries).
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1 << attempt.saturating_sub(1).min(6))
+}
+
 /// Checks a topic or group name: 1 to 200 of `A-Z a-z 0-9 . _ -`, not
 /// starting with a dot (names become file names, NATS subjects and Redis keys).
 pub fn check_name(what: &str, name: &str) -> Result<()> {
@@ -281,6 +318,27 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
             ),
         ))
     }
+}
+
+/// The metadata of the dead letter of `event`: its own metadata, plus the
+/// `Micro-Dead-*` keys saying that `group` gave up on it after `attempts`
+/// deliveries, the last one failing with `error` (for the remote backends).
+#[cfg(any(feature = "nats", feature = "redis"))]
+fn dead_letter_metadata(
+    event: &Event,
+    group: &str,
+    attempts: u32,
+    error: Option<&str>,
+) -> Metadata {
+    let mut metadata = event.metadata.clone();
+    metadata.insert(DEAD_TOPIC_KEY.into(), event.topic.clone());
+    metadata.insert(DEAD_ID_KEY.into(), event.id.clone());
+    metadata.insert(DEAD_GROUP_KEY.into(), group.to_owned());
+    metadata.insert(DEAD_ATTEMPTS_KEY.into(), attempts.to_string());
+    if let Some(e) = error {
+        metadata.insert(DEAD_ERROR_KEY.into(), e.to_owned());
+    }
+    metadata
 }
 
 /// A durable event stream backend.
@@ -309,33 +367,44 @@ where
     events.publish(topic, payload.into(), metadata).await
 }
 
-/// The backend the environment asks for (see the module docs).
-pub fn from_env() -> Result<Arc<dyn Events>> {
+/// The backend the environment asks for (see the module docs); a remote
+/// backend is connected to before this returns.
+pub async fn from_env() -> Result<Arc<dyn Events>> {
     select(
         crate::env::var("MICRO_EVENTS").as_deref(),
-        crate::env::var("MICRO_EVENTS_ADDRESS").is_some(),
+        crate::env::var("MICRO_EVENTS_ADDRESS").as_deref(),
     )
+    .await
 }
 
-fn select(backend: Option<&str>, address: bool) -> Result<Arc<dyn Events>> {
+async fn select(backend: Option<&str>, address: Option<&str>) -> Result<Arc<dyn Events>> {
     match backend.unwrap_or("file").trim().to_ascii_lowercase().as_str() {
         "file" => {
-            if address {
+            if address.is_some() {
                 tracing::warn!("MICRO_EVENTS_ADDRESS is ignored by the file backend (it uses MICRO_EVENTS_DIR)");
             }
             Ok(Arc::new(FileEvents::from_env()?))
         }
+        #[cfg(feature = "nats")]
+        "nats" => Ok(Arc::new(
+            JetStreamEvents::connect(address.unwrap_or(DEFAULT_NATS_ADDRESS)).await?,
+        )),
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(
+            RedisEvents::connect(address.unwrap_or(DEFAULT_REDIS_ADDRESS)).await?,
+        )),
+        #[allow(unreachable_patterns)]
         other @ ("nats" | "redis") => Err(Error::new(
             ERROR_ID,
             501,
             format!(
-                "MICRO_EVENTS={other}: the {other} events backend is not built yet; \
-                 unset MICRO_EVENTS to use the embedded file log"
+                "MICRO_EVENTS={other}: this build has no {other} events backend; \
+                 enable the `{other}` feature of `micro`, or unset MICRO_EVENTS to use the embedded file log"
             ),
         )),
         other => Err(Error::bad_request(
             ERROR_ID,
-            format!("MICRO_EVENTS={other}: unknown events backend, expected file (nats and redis are planned)"),
+            format!("MICRO_EVENTS={other}: unknown events backend, expected file, nats or redis"),
         )),
     }
 }
@@ -534,12 +603,10 @@ mod tests {
         assert_eq!(event.decode::<(u8, String)>().unwrap_err().code, 415);
     }
 
-    #[test]
-    fn unbuilt_backends_say_so() {
-        let e = select(Some("nats"), true).unwrap_err();
-        let e2 = select(Some("kafka"), false).unwrap_err();
-        assert_eq!(e.code, 501);
-        assert!(e.detail.contains("not built yet"), "{e}");
-        assert_eq!(e2.code, 400);
+    #[tokio::test]
+    async fn unknown_backends_are_refused() {
+        let e = select(Some("kafka"), None).await.unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(e.detail.contains("expected file, nats or redis"), "{e}");
     }
 }
